@@ -1,0 +1,30 @@
+"""Who executes the stages of a frame. Backends share one small interface (``base.Backend``).
+
+- ``eager``: the published inference loop in PyTorch, object by object (the reference);
+- ``torch``: the exportable stages with a fixed-capacity key/value cache, objects batched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jfdeploy.backends.base import Backend
+from jfdeploy.errors import InputError
+from jfdeploy.model import JointFormer
+
+BACKENDS = ("eager", "torch")
+
+
+def make_backend(name: str, model: JointFormer, *, max_memory_frames: int, **options: Any) -> Backend:
+    """The backend called ``name``; ``options`` are backend-specific (e.g. torch: autocast=torch.float16)."""
+    if name == "eager":
+        if options:
+            raise InputError(f"backend 'eager' takes no options, got {sorted(options)}")
+        from jfdeploy.backends.eager import EagerBackend
+
+        return EagerBackend(model, max_memory_frames=max_memory_frames)
+    if name == "torch":
+        from jfdeploy.backends.staged import StagedBackend
+
+        return StagedBackend(model, max_memory_frames=max_memory_frames, **options)
+    raise InputError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")

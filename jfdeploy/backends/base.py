@@ -1,0 +1,46 @@
+"""What every backend shares: the per-object compressed-memory tokens and the optional trace."""
+
+from __future__ import annotations
+
+import torch
+
+from jfdeploy.model import JointFormer
+
+
+class Backend:
+    """Interface of a backend, driven by ``jfdeploy.Segmenter``.
+
+    ``segment(image)``: 1 x 3 x H x W padded frame -> (1+O) x H x W probabilities, background first;
+    also updates the memory tokens from the decoder tokens.
+    ``memorize(image, object_prob, permanent=, time=)``: encode the frame with O x H x W object
+    probabilities as a reference (a memory frame, or the temporary reference).
+    """
+
+    name = "base"
+
+    def __init__(self, model: JointFormer) -> None:
+        self.model = model
+        self.memory_token: torch.Tensor | None = None  # O x 1 x C
+        # when a dict, intermediates of the next calls are recorded into it (tests, debugging)
+        self.trace: dict[str, torch.Tensor] | None = None
+
+    @property
+    def num_objects(self) -> int:
+        return 0 if self.memory_token is None else self.memory_token.shape[0]
+
+    def add_objects(self, count: int) -> None:
+        """Give ``count`` new objects the model's initial memory token."""
+        if count <= 0:
+            return
+        new = self.model.initial_memory_token(count)
+        self.memory_token = new if self.memory_token is None else torch.cat([self.memory_token, new])
+
+    def record(self, name: str, value: torch.Tensor) -> None:
+        if self.trace is not None:
+            self.trace[name] = value.detach().clone()
+
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def memorize(self, image: torch.Tensor, object_prob: torch.Tensor, *, permanent: bool, time: int) -> None:
+        raise NotImplementedError

@@ -1,0 +1,59 @@
+"""Shared fixtures: golden data and models with the golden weight rule (built once per session)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import jfdeploy
+from jfdeploy.model.checkpoint import deterministic_state_dict
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "golden"
+
+# the golden clip's configuration (tests/data/golden/README.md)
+GOLDEN_TOPK = 20
+GOLDEN_MEM_EVERY = 3
+GOLDEN_MAX_MEMORY_FRAMES = 2
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict[str, np.ndarray]:
+    with np.load(GOLDEN / "golden_davis_style.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def golden_t1() -> dict[str, np.ndarray]:
+    with np.load(GOLDEN / "golden_davis_style_t1_intermediates.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def golden_state_dict() -> dict[str, torch.Tensor]:
+    """Weights by the golden rule over the official keys (float32), as a published checkpoint."""
+    with torch.device("meta"):
+        shapes = jfdeploy.JointFormer(jfdeploy.ModelConfig(topk=GOLDEN_TOPK))
+    return deterministic_state_dict(shapes)
+
+
+@pytest.fixture(scope="session")
+def model32(golden_state_dict) -> jfdeploy.JointFormer:
+    return jfdeploy.load_model(golden_state_dict, topk=GOLDEN_TOPK)
+
+
+@pytest.fixture(scope="session")
+def model64(model32) -> jfdeploy.JointFormer:
+    return copy.deepcopy(model32).double()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_random_weight_warning():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="NO CHECKPOINT GIVEN")
+        yield
