@@ -20,8 +20,10 @@ import torch
 import jfdeploy
 
 
-def time_backend(model, backend, frames, masks, args) -> list[float]:
-    seg = jfdeploy.Segmenter(model, mem_every=args.mem_every, max_memory_frames=args.memory_frames, backend=backend)
+def time_backend(model, backend, frames, masks, args, **options) -> list[float]:
+    seg = jfdeploy.Segmenter(
+        model, mem_every=args.mem_every, max_memory_frames=args.memory_frames, backend=backend, **options
+    )
     times = []
     for t, frame in enumerate(frames):
         if frame.is_cuda:
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--topk", type=int, default=120)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variants", default="torch", help="extra torch-backend rows: torch-fp16, torch-triton, ...")
     args = parser.parse_args()
     num_frames = args.frames or args.mem_every * args.memory_frames + 4
     with warnings.catch_warnings():
@@ -59,8 +62,16 @@ def main() -> None:
     masks = masks.to(args.device)
     results = {}
     with torch.inference_mode():
-        for backend in ("eager", "torch"):
-            results[backend] = time_backend(model, backend, frames, masks, args)
+        results["eager"] = time_backend(model, "eager", frames, masks, args)
+        for variant in args.variants.split(","):
+            options = {}
+            if "fp16" in variant:
+                options["autocast"] = torch.float16
+            if "bf16" in variant:
+                options["autocast"] = torch.bfloat16
+            if "triton" in variant:
+                options["attention"] = "triton"
+            results[variant] = time_backend(model, "torch", frames, masks, args, **options)
     print(
         f"device: {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), "
         f"torch {torch.__version__}, threads {torch.get_num_threads()}"

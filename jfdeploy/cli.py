@@ -69,6 +69,12 @@ def _run_arguments(parser: argparse.ArgumentParser, *, default_size: int) -> Non
         default="none",
         help="mixed precision for the torch backend (GPU: fp16/bf16; default none)",
     )
+    group.add_argument(
+        "--attention",
+        choices=["torch", "triton"],
+        default="torch",
+        help="top-k attention of the torch backend: PyTorch ops, or the fused Triton kernel (GPU) (default torch)",
+    )
     group.add_argument("--max-objects", type=int, default=20, help="refuse masks with more objects (default 20)")
     group.add_argument("--overlay", type=Path, default=None, help="also write an mp4 of the masks over the video")
     group.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
@@ -150,6 +156,7 @@ def _options(args: argparse.Namespace):
         size=args.size if args.size > 0 else None,
         max_objects=args.max_objects,
         autocast=args.autocast,
+        attention=args.attention,
     )
 
 

@@ -46,6 +46,7 @@ class RunOptions:
     size: int | None = 480  # shorter side fed to the model; None or <= 0: original size
     max_objects: int = 20
     autocast: str = "none"  # torch backend: none / fp16 / bf16
+    attention: str = "torch"  # torch backend: top-k attention by PyTorch ops or the Triton kernel
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,11 @@ def segment_video(
     if options.autocast not in AUTOCAST:
         raise InputError(f"autocast must be one of {', '.join(AUTOCAST)}, got {options.autocast!r}")
     first_labels, object_ids, palette = read_first_mask(first_mask, source.size, options.max_objects)
-    backend_options = {"autocast": AUTOCAST[options.autocast]} if options.autocast != "none" else {}
+    backend_options = {}
+    if options.autocast != "none":
+        backend_options["autocast"] = AUTOCAST[options.autocast]
+    if options.attention != "torch":
+        backend_options["attention"] = options.attention
     seg = Segmenter(
         model,
         mem_every=options.mem_every,

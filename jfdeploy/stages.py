@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from jfdeploy.model import JointFormer
+from jfdeploy.model.attention import AttentionImpl
 from jfdeploy.model.jointformer import to_map, to_tokens
 
 
@@ -72,10 +73,18 @@ class ReferenceEncoder(Stage):
 
 
 class MemoryReader(Stage):
-    """The Joint Block stack readout: every object's current tokens read its cached references."""
+    """The Joint Block stack readout: every object's current tokens read its cached references.
+
+    ``attention`` picks the top-k attention implementation: "torch" (reference, exportable) or
+    "triton" (the fused kernel of ``jfdeploy.kernels``).
+    """
 
     input_names = ("tokens", "reference_keys", "reference_values", "reference_valid")
     output_names = ("f16",)
+
+    def __init__(self, model: JointFormer, attention: AttentionImpl = "torch") -> None:
+        super().__init__(model)
+        self.attention = attention
 
     def forward(
         self,
@@ -90,7 +99,7 @@ class MemoryReader(Stage):
         current = to_tokens(tokens).expand(num_objects, -1, -1)  # O x n x C
         frames = reference_keys.shape[3] // (h * w)  # memory slots S
         kv = list(zip(reference_keys.unbind(0), reference_values.unbind(0), strict=True))
-        return self.model.read_memory(current, kv, frames, (h, w), reference_valid)
+        return self.model.read_memory(current, kv, frames, (h, w), reference_valid, self.attention)
 
 
 class Enhancer(Stage):

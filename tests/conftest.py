@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,10 @@ import torch
 
 import jfdeploy
 from jfdeploy.model.checkpoint import deterministic_state_dict
+
+# Triton kernels run in Triton's CPU interpreter where there is no GPU (must be set before triton loads)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"

@@ -5,7 +5,8 @@ per frame instead of once per object; reference keys/values are computed once wh
 memorized and read from a fixed-capacity cache (``jfdeploy.memory``) instead of being recomputed
 for every query frame; objects go through every stage together. Every buffer stays on the model's
 device; with ``autocast`` (torch.float16 / torch.bfloat16) the stages run under autocast and the
-cache is kept in that dtype.
+cache is kept in that dtype. ``attention="triton"`` runs the joint-block readout with the fused
+top-k attention kernel (``jfdeploy.kernels.topk_attention``) instead of the PyTorch formulation.
 """
 
 from __future__ import annotations
@@ -15,19 +16,33 @@ import contextlib
 import torch
 
 from jfdeploy.backends.base import Backend
+from jfdeploy.errors import InputError
 from jfdeploy.memory import ReferenceMemory
 from jfdeploy.model import JointFormer, soft_aggregate
+from jfdeploy.model.attention import ATTENTION_IMPLS, AttentionImpl
 from jfdeploy.stages import build_stages
 
 
 class StagedBackend(Backend):
     name = "torch"
 
-    def __init__(self, model: JointFormer, *, max_memory_frames: int, autocast: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: JointFormer,
+        *,
+        max_memory_frames: int,
+        autocast: torch.dtype | None = None,
+        attention: AttentionImpl = "torch",
+    ) -> None:
         super().__init__(model)
         if autocast not in (None, torch.float16, torch.bfloat16):
-            raise ValueError(f"autocast must be None, torch.float16 or torch.bfloat16, got {autocast}")
+            raise InputError(f"autocast must be None, torch.float16 or torch.bfloat16, got {autocast}")
+        if attention not in ATTENTION_IMPLS:
+            raise InputError(f"attention must be one of {', '.join(ATTENTION_IMPLS)}, got {attention!r}")
+        if attention == "triton" and next(model.parameters()).dtype == torch.float64:
+            raise InputError("attention='triton' runs fp32/fp16/bf16 models, not float64")
         self.stages = build_stages(model)
+        self.stages["memory_reader"].attention = attention
         self.memory = ReferenceMemory(max_memory_frames=max_memory_frames)
         self.autocast = autocast
 

@@ -14,12 +14,15 @@ Shape grammar: ``B x h x N x d`` (batch, heads, tokens, head dim).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import nn
 
 TopkRange = Literal["all_frames", "every_frame"]
+AttentionImpl = Literal["torch", "triton"]
+ATTENTION_IMPLS = ("torch", "triton")
 
 
 def topk_joint_attention(
@@ -82,6 +85,17 @@ def topk_joint_attention(
     else:
         dense = torch.zeros_like(ref_scores).scatter_(-1, top_index, top_probs)
     return own_probs @ v_own + dense @ v_ref
+
+
+def joint_attention_impl(name: AttentionImpl) -> Callable[..., torch.Tensor]:
+    """The implementation of ``topk_joint_attention`` called ``name`` ("triton" imports the kernel lazily)."""
+    if name == "torch":
+        return topk_joint_attention
+    if name == "triton":
+        from jfdeploy.kernels.topk_attention import topk_joint_attention as fused
+
+        return fused
+    raise ValueError(f"attention must be one of {', '.join(ATTENTION_IMPLS)}, got {name!r}")
 
 
 class Attention(nn.Module):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jfdeploy.model.attention import Attention, TopkRange, topk_joint_attention
+from jfdeploy.model.attention import Attention, AttentionImpl, TopkRange, joint_attention_impl, topk_joint_attention
 from jfdeploy.model.backbone import TRANSFORMER_NORM_EPS, Mlp
 
 
@@ -59,10 +59,14 @@ class JointBlock(nn.Module):
         reference_v: torch.Tensor,
         frames: int,
         reference_valid: torch.Tensor | None = None,
+        attention: AttentionImpl = "torch",
     ) -> torch.Tensor:
-        """Current tokens (B x N x C) read T reference frames (keys/values B x h x T*R x d)."""
+        """Current tokens (B x N x C) read T reference frames (keys/values B x h x T*R x d).
+
+        attention: "torch" (the reference formulation) or "triton" (the fused kernel).
+        """
         q, k, v = self.attn.heads(self.norm1(current))
-        mixed = topk_joint_attention(
+        mixed = joint_attention_impl(attention)(
             q,
             k,
             v,

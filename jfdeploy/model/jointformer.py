@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jfdeploy.model.attention import AttentionImpl
 from jfdeploy.model.backbone import (
     TRANSFORMER_NORM_EPS,
     ConvBlock,
@@ -169,14 +170,16 @@ class JointFormer(nn.Module):
         frames: int,
         grid: tuple[int, int],
         reference_valid: torch.Tensor | None = None,
+        attention: AttentionImpl = "torch",
     ) -> torch.Tensor:
         """Current tokens B x n x C read T reference frames through the joint blocks -> f16 B x C x h x w.
 
         reference_kv: per block (keys, values), each B x heads x (T*n) x d.
         reference_valid: optional B x (T*n) bool, False for empty memory slots.
+        attention: implementation of the top-k joint attention ("torch" or "triton").
         """
         for blk, (k, v) in zip(self.joint_blocks, reference_kv, strict=True):
-            tokens = blk.read(tokens, k, v, frames, reference_valid)
+            tokens = blk.read(tokens, k, v, frames, reference_valid, attention)
         return to_map(self.convmae.norm(tokens), *grid)
 
     def enhance(self, f16: torch.Tensor, memory_token: torch.Tensor) -> torch.Tensor:
