@@ -160,36 +160,38 @@ def _options(args: argparse.Namespace):
     )
 
 
-def _report(summary, out: Path) -> None:
-    print(f"{summary.frames} frames, objects {summary.object_ids}: {summary.fps:.2f} frames/s -> {out}")
+def _segment(args: argparse.Namespace, model, source, first_mask: Path, options) -> None:
+    """Run the pipeline with the command line's output options and report the speed."""
+    from jfdeploy.pipeline import segment_video
 
-
-def cmd_run(args: argparse.Namespace) -> None:
-    from jfdeploy.io import open_frames
-    from jfdeploy.pipeline import read_first_mask, segment_video
-
-    options = _options(args)
-    source = open_frames(args.input)  # inputs are checked before the model is loaded
-    read_first_mask(args.mask, source.size, options.max_objects)
-    model = _load(args)
     summary = segment_video(
         model,
         source,
-        args.mask,
+        first_mask,
         args.out,
         options=options,
         overlay=args.overlay,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    _report(summary, args.out)
+    print(f"{summary.frames} frames, objects {summary.object_ids}: {summary.fps:.2f} frames/s -> {args.out}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from jfdeploy.io import open_frames
+    from jfdeploy.pipeline import read_first_mask
+
+    options = _options(args)
+    source = open_frames(args.input)  # inputs are checked before the model is loaded
+    read_first_mask(args.mask, source.size, options.max_objects)
+    model = _load(args)
+    _segment(args, model, source, args.mask, options)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     import tempfile
 
     from jfdeploy.io import make_clip, open_frames, write_clip_folder, write_label_png
-    from jfdeploy.pipeline import segment_video
 
     options = _options(args)
     if not 1 <= args.objects <= 5:
@@ -200,17 +202,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         clip = Path(tmp) / "clip"
         images, _ = write_clip_folder(clip, frames, labels)
         first_mask = write_label_png(Path(tmp) / "first_mask.png", labels[0])
-        summary = segment_video(
-            model,
-            open_frames(images),
-            first_mask,
-            args.out,
-            options=options,
-            overlay=args.overlay,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
-    _report(summary, args.out)
+        _segment(args, model, open_frames(images), first_mask, options)
     if args.checkpoint is None:
         print("(random weights: these masks only show that the pipeline runs end to end)")
 

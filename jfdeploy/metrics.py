@@ -52,6 +52,18 @@ as background of the ground truth."""
 # --------------------------------------------------------------------------------------------- J: region
 
 
+def _without_void(gt: np.ndarray, pred: np.ndarray, void_pixels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks with the void pixels (ground truth 255 / ignore regions) cleared in both."""
+    gt, pred = gt.astype(bool), pred.astype(bool)
+    if void_pixels is None:
+        return gt, pred
+    void_pixels = np.asarray(void_pixels)
+    if void_pixels.shape != gt.shape:
+        raise InputError(f"void_pixels {void_pixels.shape} and masks {gt.shape} shapes differ")
+    keep = ~void_pixels.astype(bool)
+    return gt & keep, pred & keep
+
+
 def db_eval_iou(
     annotation: np.ndarray, segmentation: np.ndarray, void_pixels: np.ndarray | None = None
 ) -> float | np.ndarray:
@@ -72,15 +84,7 @@ def db_eval_iou(
         raise InputError(f"annotation {annotation.shape} and segmentation {segmentation.shape} shapes differ")
     if annotation.ndim < 2:
         raise InputError(f"masks must have at least 2 dimensions [..., H, W], got shape {annotation.shape}")
-    gt = annotation.astype(bool)
-    pred = segmentation.astype(bool)
-    if void_pixels is not None:
-        void_pixels = np.asarray(void_pixels)
-        if void_pixels.shape != annotation.shape:
-            raise InputError(f"void_pixels {void_pixels.shape} and annotation {annotation.shape} shapes differ")
-        keep = ~void_pixels.astype(bool)
-        gt = gt & keep
-        pred = pred & keep
+    gt, pred = _without_void(annotation, segmentation, void_pixels)
     inters = np.count_nonzero(gt & pred, axis=(-2, -1))
     union = np.count_nonzero(gt | pred, axis=(-2, -1))
     j = np.where(union == 0, 1.0, inters / np.maximum(union, 1))
@@ -234,15 +238,7 @@ def f_measure(
     gt = np.asarray(gt_mask)
     if pred.ndim != 2 or pred.shape != gt.shape:
         raise InputError(f"f_measure takes two [H, W] masks of one shape, got {pred.shape} and {gt.shape}")
-    pred = pred.astype(bool)
-    gt = gt.astype(bool)
-    if void_pixels is not None:
-        void_pixels = np.asarray(void_pixels)
-        if void_pixels.shape != pred.shape:
-            raise InputError(f"void_pixels {void_pixels.shape} and masks {pred.shape} shapes differ")
-        keep = ~void_pixels.astype(bool)
-        pred = pred & keep
-        gt = gt & keep
+    gt, pred = _without_void(gt, pred, void_pixels)
 
     bound_pix = bound_pixels(pred.shape, bound_th)
     pred_boundary = seg2bmap(pred)

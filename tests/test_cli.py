@@ -32,6 +32,12 @@ def clip(tmp_path_factory):
     return {"root": root, "frames": frames, "labels": labels, "folder": images, "mask": mask}
 
 
+def run_args(clip, checkpoint, out, *extra: str) -> list[str]:
+    """`jfdeploy run` on the clip's frame folder at the original size, quiet."""
+    return ["run", str(clip["folder"]), "--mask", str(clip["mask"]), "--out", str(out),
+            "--checkpoint", str(checkpoint), "--size", "0", "--quiet", *extra]  # fmt: skip
+
+
 def test_installed_command_and_package_work_from_any_directory(tmp_path):
     result = subprocess.run(["jfdeploy", "--help"], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert "run" in result.stdout and "demo" in result.stdout
@@ -57,25 +63,7 @@ def read_labels(path):
 @pytest.mark.parametrize("backend", ["torch", "eager"])
 def test_run_on_a_frame_folder(clip, checkpoint, tmp_path, backend):
     out = tmp_path / "masks"
-    code = main(
-        [
-            "run",
-            str(clip["folder"]),
-            "--mask",
-            str(clip["mask"]),
-            "--out",
-            str(out),
-            "--checkpoint",
-            str(checkpoint),
-            "--size",
-            "0",
-            "--backend",
-            backend,
-            "--topk",
-            "20",
-            "--quiet",
-        ]
-    )
+    code = main(run_args(clip, checkpoint, out, "--backend", backend, "--topk", "20"))
     assert code == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == ["00000.png", "00001.png", "00002.png", "00003.png"]
@@ -155,21 +143,7 @@ def test_failure_mid_video_leaves_no_output(clip, checkpoint, tmp_path, capsys):
         (folder / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "out"
     (folder / "00002.jpg").write_bytes(b"\xff\xd8 truncated")  # unreadable third frame
-    code = main(
-        [
-            "run",
-            str(folder),
-            "--mask",
-            str(clip["mask"]),
-            "--out",
-            str(out),
-            "--checkpoint",
-            str(checkpoint),
-            "--size",
-            "0",
-            "--quiet",
-        ]
-    )
+    code = main(run_args({**clip, "folder": folder}, checkpoint, out))
     capsys.readouterr()
     assert code == 2
     assert not out.exists()
@@ -180,19 +154,7 @@ def test_refuses_to_overwrite_results(clip, checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    args = [
-        "run",
-        str(clip["folder"]),
-        "--mask",
-        str(clip["mask"]),
-        "--out",
-        str(out),
-        "--checkpoint",
-        str(checkpoint),
-        "--size",
-        "0",
-        "--quiet",
-    ]
+    args = run_args(clip, checkpoint, out)
     assert "--overwrite" in error_of(args, capsys)
     assert (out / "keep.txt").read_text() == "mine"
     assert main([*args, "--overwrite"]) == 0

@@ -7,6 +7,8 @@ so an official state dict loads without renaming.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,14 +82,12 @@ def resized_position_embedding(pos_embed: torch.Tensor, height: int, width: int)
     """The learned square token-grid embedding, resized bicubically to ``height x width``.
 
     pos_embed: 1 x (1 + S*S) x C (first row: the memory token's). Returns 1 x (height*width) x C.
+    Always resized, also to its own size (bicubic with half-pixel centers is then the identity),
+    so that an exported graph resizes for every input size.
     """
     grid = pos_embed[:, 1:]
-    side = round(grid.shape[1] ** 0.5)
-    if side * side != grid.shape[1]:
-        raise ValueError(f"position embedding has {grid.shape[1]} grid rows, not a square")
-    channels = grid.shape[-1]
-    if (side, side) == (height, width):
-        return grid
+    side = math.isqrt(int(grid.shape[1]))
+    channels = int(grid.shape[-1])
     square = grid.reshape(1, side, side, channels).permute(0, 3, 1, 2)  # 1 x C x S x S
     resized = F.interpolate(square, size=(height, width), mode="bicubic", align_corners=False)
     return resized.permute(0, 2, 3, 1).reshape(1, height * width, channels)
