@@ -10,6 +10,7 @@ Errors a user can cause end in one line on stderr and exit status 2; nothing hal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import warnings
@@ -43,6 +44,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="joint blocks that use top-k (default all)",
     )
+    group.add_argument("--topk-memory-token", action="store_true", help="also top-k on the memory token's attention")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
@@ -98,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", type=Path, help="video file or folder of frames")
     run.add_argument("--mask", type=Path, required=True, help="first frame's mask: palette PNG, 0 = background")
     run.add_argument("--out", type=Path, required=True, help="output folder for the masks")
+    run.add_argument("--engines", type=Path, default=None,
+                     help="engine directory from `jfdeploy export`: runs it with TensorRT if it holds plans and "
+                          "TensorRT is present, else with onnxruntime (--backend is then ignored)")  # fmt: skip
     _model_arguments(run)
     _run_arguments(run, default_size=480)
 
@@ -116,6 +121,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--width", type=int, default=200)
     _model_arguments(demo)
     _run_arguments(demo, default_size=0)
+
+    export = sub.add_parser(
+        "export",
+        help="export the stages to ONNX graphs (and TensorRT plans) in an engine directory",
+        description="Export every stage to an ONNX graph (opset 17, dynamic objects / frame size / "
+        "reference tokens), check each against TensorRT's ONNX operator support, and with --format "
+        "tensorrt build one TensorRT plan per stage. Writes the directory atomically with a manifest "
+        "(versions, settings, sha256 of every file).",
+    )
+    export.add_argument("--out", type=Path, required=True, help="engine directory to write")
+    export.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                        help="fp16: half-precision graphs with LayerNorm/softmax/top-k scores in fp32")  # fmt: skip
+    export.add_argument("--format", choices=["onnx", "tensorrt"], default=None,
+                        help="default: tensorrt when TensorRT is importable, else onnx")  # fmt: skip
+    export.add_argument("--max-memory-frames", type=int, default=3, help="memory capacity the plans target")
+    export.add_argument("--max-objects", type=int, default=8, help="TensorRT profiles: most objects (default 8)")
+    export.add_argument("--workspace-gib", type=float, default=4.0, help="TensorRT workspace limit (default 4)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
+    export.add_argument("--verify", action="store_true", help="compare every stage with PyTorch afterwards")
+    _model_arguments(export)
+
+    check = sub.add_parser(
+        "check",
+        help="compare each stage of an engine directory with PyTorch",
+        description="Run random inputs through every stage of the engine directory and through "
+        "PyTorch, and print a per-stage error table. Exit status 1 if a stage is off.",
+    )
+    check.add_argument("engines", type=Path, help="engine directory")
+    check.add_argument("--checkpoint", type=Path, default=None, help="the checkpoint the engines came from")
+    check.add_argument("--device", default=None)
 
     sub.add_parser("info", help="versions, devices and which optional backends are present")
     return parser
@@ -140,7 +175,13 @@ def _load(args: argparse.Namespace):
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="NO CHECKPOINT GIVEN")
-        model = load_model(args.checkpoint, topk=args.topk, topk_range=args.topk_range, topk_blocks=args.topk_blocks)
+        model = load_model(
+            args.checkpoint,
+            topk=args.topk,
+            topk_range=args.topk_range,
+            topk_blocks=args.topk_blocks,
+            topk_memory_token=args.topk_memory_token,
+        )
     return model.to(device)
 
 
@@ -177,6 +218,16 @@ def _segment(args: argparse.Namespace, model, source, first_mask: Path, options)
     print(f"{summary.frames} frames, objects {summary.object_ids}: {summary.fps:.2f} frames/s -> {args.out}")
 
 
+def _engine_kind(engines: Path) -> str:
+    """tensorrt if the directory holds plans and TensorRT is importable, else onnxruntime."""
+    import importlib.util
+
+    from jfdeploy.export.manifest import load_manifest
+
+    manifest = load_manifest(engines, verify_files=False)  # the backend verifies the hashes
+    return "tensorrt" if manifest.get("tensorrt") and importlib.util.find_spec("tensorrt") else "onnxruntime"
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from jfdeploy.io import open_frames
     from jfdeploy.pipeline import read_first_mask
@@ -184,7 +235,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     options = _options(args)
     source = open_frames(args.input)  # inputs are checked before the model is loaded
     read_first_mask(args.mask, source.size, options.max_objects)
-    model = _load(args)
+    if args.engines is not None:
+        options = dataclasses.replace(
+            options, engines=args.engines, device=args.device, backend=_engine_kind(args.engines)
+        )
+        model = None
+    else:
+        model = _load(args)
     _segment(args, model, source, args.mask, options)
 
 
@@ -226,7 +283,58 @@ def cmd_info(_: argparse.Namespace) -> None:
     print(f"backends: {', '.join(BACKENDS)}")
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "info": cmd_info}
+def _checkpoint_sha256(path: Path | None) -> str | None:
+    from jfdeploy.fsutil import sha256_file
+
+    return None if path is None else sha256_file(path)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    from jfdeploy.export.onnx_export import export_engines
+
+    fmt = args.format or ("tensorrt" if importlib.util.find_spec("tensorrt") else "onnx")
+    model = _load(args)
+    tensorrt = None
+    if fmt == "tensorrt":
+        tensorrt = {"max_objects": args.max_objects, "workspace_gib": args.workspace_gib}
+    export_engines(model.cpu(), args.out, precision=args.precision, max_memory_frames=args.max_memory_frames,
+                   checkpoint_sha256=_checkpoint_sha256(args.checkpoint), tensorrt=tensorrt,
+                   overwrite=args.overwrite, progress=print)  # fmt: skip
+    print(f"engine directory {args.out} ({fmt}, {args.precision}) written")
+    if args.verify:
+        _check(args.out, model, args.device)
+
+
+def _check(engines: Path, model, device) -> None:
+    from jfdeploy.backends.engines import engine_backend
+    from jfdeploy.export.compare import TOLERANCE, compare_stages, format_table
+    from jfdeploy.export.onnx_export import example_size
+
+    backend = engine_backend("onnxruntime", engines, max_memory_frames=3, device=device)
+    manifest = backend.manifest
+    atol, rtol = TOLERANCE[manifest["precision"]]
+    size = example_size(model, manifest["memory"]["slots"])
+    results = compare_stages(model, backend.runners, size, atol=atol, rtol=rtol)
+    print(format_table(results))
+    if not all(results):
+        raise JfDeployError(f"{engines}: stages differ from PyTorch beyond atol {atol}, rtol {rtol}")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from jfdeploy.export.manifest import load_manifest
+
+    manifest = load_manifest(args.engines)
+    if manifest["checkpoint_sha256"] != _checkpoint_sha256(args.checkpoint):
+        raise JfDeployError("--checkpoint is not the checkpoint these engines were exported from")
+    options = manifest["model"]
+    args.topk, args.topk_range, args.topk_blocks = options["topk"], options["topk_range"], options["topk_blocks"]
+    args.topk_memory_token = options["topk_memory_token"]
+    _check(args.engines, _load(args), args.device)
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "export": cmd_export, "check": cmd_check, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

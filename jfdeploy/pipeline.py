@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from jfdeploy.errors import InputError
+from jfdeploy.fsutil import atomic_directory
 from jfdeploy.io import (
     OverlayWriter,
     labels_to_masks,
@@ -47,6 +46,8 @@ class RunOptions:
     max_objects: int = 20
     autocast: str = "none"  # torch backend: none / fp16 / bf16
     attention: str = "torch"  # torch backend: top-k attention by PyTorch ops or the Triton kernel
+    engines: Path | None = None  # onnxruntime / tensorrt backends: the engine directory
+    device: str | None = None  # onnxruntime / tensorrt backends: where the stages run
 
 
 @dataclass(frozen=True)
@@ -75,27 +76,8 @@ def read_first_mask(path: str | os.PathLike, frame_size: tuple[int, int], max_ob
     return labels, object_ids, palette
 
 
-@contextlib.contextmanager
-def atomic_directory(out_dir: Path, *, overwrite: bool):
-    """Yield a temporary folder that becomes ``out_dir`` only if the block succeeds."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise InputError(f"output {out_dir} exists and is not empty (use --overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out_dir.is_dir():
-        shutil.rmtree(out_dir)
-    elif out_dir.exists():
-        out_dir.unlink()
-    os.replace(staging, out_dir)
-
-
 def segment_video(
-    model: JointFormer,
+    model: JointFormer | None,
     source: FrameSource,
     first_mask: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -114,6 +96,8 @@ def segment_video(
         backend_options["autocast"] = AUTOCAST[options.autocast]
     if options.attention != "torch":
         backend_options["attention"] = options.attention
+    if options.engines is not None:
+        backend_options.update(engines=options.engines, device=options.device)
     seg = Segmenter(
         model,
         mem_every=options.mem_every,
@@ -121,7 +105,7 @@ def segment_video(
         backend=options.backend,
         **backend_options,
     )
-    param = next(model.parameters())
+    dtype, device = seg.backend.dtype, seg.backend.device
     original_size = source.size
     out_dir = Path(out_dir)
     seconds = 0.0
@@ -131,11 +115,11 @@ def segment_video(
         bar = stack.enter_context(tqdm(total=len(source), unit="frame", disable=not progress, desc="segmenting"))
         for index, (name, rgb) in enumerate(source):
             resized = resize_shorter_side(rgb, options.size)
-            frame = to_model_input(resized, dtype=param.dtype, device=param.device)
+            frame = to_model_input(resized, dtype=dtype, device=device)
             mask = None
             if index == 0:
                 small = resize_labels_nearest(first_labels, resized.shape[:2])
-                mask = torch.from_numpy(labels_to_masks(small, object_ids)).to(param.device, param.dtype)
+                mask = torch.from_numpy(labels_to_masks(small, object_ids)).to(device, dtype)
             start = time.perf_counter()
             prob = seg.step(frame, mask=mask, last=index == len(source) - 1)
             prob = resize_prob(prob, original_size) if resized.shape[:2] != original_size else prob

@@ -46,17 +46,20 @@ class Segmenter:
     """Segments a video frame by frame. One Segmenter per video.
 
     Args:
-        model: a loaded JointFormer (``jfdeploy.load_model``), in the dtype/device of the frames.
+        model: a loaded JointFormer (``jfdeploy.load_model``), in the dtype/device of the frames;
+            None for the engine backends ("onnxruntime", "tensorrt"), which read ``engines=DIR``.
         mem_every: a new memory frame every this many frames.
         max_memory_frames: memory frames kept per object (the first, then FIFO).
         backend: who runs the model: "eager" (the published loop in PyTorch, the reference) or
-            "torch" (the exportable stages, key/value cache, objects batched).
-        backend_options: passed to the backend, e.g. ``autocast=torch.float16`` for "torch".
+            "torch" (the exportable stages, key/value cache, objects batched), or "onnxruntime" /
+            "tensorrt" (the same stages as exported engines).
+        backend_options: passed to the backend, e.g. ``autocast=torch.float16`` or
+            ``attention="triton"`` for "torch", ``engines=DIR`` for "onnxruntime" / "tensorrt".
     """
 
     def __init__(
         self,
-        model: JointFormer,
+        model: JointFormer | None,
         *,
         mem_every: int = 5,
         max_memory_frames: int = 3,
@@ -67,7 +70,6 @@ class Segmenter:
             raise InputError(f"mem_every must be >= 1, got {mem_every}")
         if max_memory_frames < 1:
             raise InputError(f"max_memory_frames must be >= 1, got {max_memory_frames}")
-        self.model = model
         self.mem_every = mem_every
         self.max_memory_frames = max_memory_frames
         self.backend = make_backend(backend, model, max_memory_frames=max_memory_frames, **backend_options)
@@ -77,12 +79,12 @@ class Segmenter:
         self.finished = False
 
     def _check_frame(self, frame: torch.Tensor) -> None:
-        param = next(self.model.parameters())
+        dtype, device = self.backend.dtype, self.backend.device
         if not isinstance(frame, torch.Tensor) or frame.dim() != 3 or frame.shape[0] != 3:
             got = tuple(frame.shape) if isinstance(frame, torch.Tensor) else type(frame).__name__
             raise InputError(f"frame must be a 3 x H x W tensor, got {got}")
-        if frame.dtype != param.dtype or frame.device != param.device:
-            raise InputError(f"frame is {frame.dtype} on {frame.device}, the model is {param.dtype} on {param.device}")
+        if frame.dtype != dtype or frame.device != device:
+            raise InputError(f"frame is {frame.dtype} on {frame.device}; the backend runs {dtype} on {device}")
 
     def _check_mask(self, frame: torch.Tensor, mask: torch.Tensor, labels: list[int] | None) -> None:
         if not isinstance(mask, torch.Tensor) or mask.dim() != 3:
@@ -133,6 +135,7 @@ class Segmenter:
 
         self.time += 1
         image, pad = pad_to_multiple(frame)
+        self.backend.check_frame_size(*image.shape[-2:])
         image = image[None]  # 1 x 3 x H x W
         total_objects = mask.shape[0] if mask is not None else self.num_objects
         is_memory_frame = (self.time - self.last_memory_time >= self.mem_every or mask is not None) and not last

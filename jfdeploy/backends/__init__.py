@@ -1,7 +1,8 @@
 """Who executes the stages of a frame. Backends share one small interface (``base.Backend``).
 
 - ``eager``: the published inference loop in PyTorch, object by object (the reference);
-- ``torch``: the exportable stages with a fixed-capacity key/value cache, objects batched.
+- ``torch``: the exportable stages with a fixed-capacity key/value cache, objects batched;
+- ``onnxruntime`` / ``tensorrt``: the same stages from an engine directory (``engines=DIR``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from jfdeploy.backends.base import Backend
 from jfdeploy.errors import InputError
 from jfdeploy.model import JointFormer
 
-BACKENDS = ("eager", "torch")
+BACKENDS = ("eager", "torch", "onnxruntime", "tensorrt")
 
 
-def make_backend(name: str, model: JointFormer, *, max_memory_frames: int, **options: Any) -> Backend:
+def make_backend(name: str, model: JointFormer | None, *, max_memory_frames: int, **options: Any) -> Backend:
     """The backend called ``name``; ``options`` are backend-specific (e.g. torch: autocast=torch.float16)."""
+    if name in ("eager", "torch") and model is None:
+        raise InputError(f"backend {name!r} needs a model (jfdeploy.load_model)")
     if name == "eager":
         if options:
             raise InputError(f"backend 'eager' takes no options, got {sorted(options)}")
@@ -24,7 +27,11 @@ def make_backend(name: str, model: JointFormer, *, max_memory_frames: int, **opt
 
         return EagerBackend(model, max_memory_frames=max_memory_frames)
     if name == "torch":
-        from jfdeploy.backends.staged import StagedBackend
+        from jfdeploy.backends.staged import torch_backend
 
-        return StagedBackend(model, max_memory_frames=max_memory_frames, **options)
+        return torch_backend(model, max_memory_frames=max_memory_frames, **options)
+    if name in ("onnxruntime", "tensorrt"):
+        from jfdeploy.backends.engines import engine_backend
+
+        return engine_backend(name, max_memory_frames=max_memory_frames, **options)
     raise InputError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")

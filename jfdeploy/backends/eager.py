@@ -33,7 +33,8 @@ class EagerBackend(Backend):
     name = "eager"
 
     def __init__(self, model: JointFormer, *, max_memory_frames: int) -> None:
-        super().__init__(model)
+        super().__init__(model.convmae.cls_token.detach())
+        self.model = model
         self.max_memory_frames = max_memory_frames
         self.permanent: list[list[MemoryEntry]] = []  # per object: memory frames, first frame first
         self.temporary: list[MemoryEntry | None] = []  # per object: the temporary (previous) frame

@@ -105,10 +105,6 @@ class JointFormer(nn.Module):
         """Position embedding of an h x w token grid: 1 x n x C."""
         return resized_position_embedding(self.convmae.pos_embed, height, width)
 
-    def initial_memory_token(self, num_objects: int) -> torch.Tensor:
-        """The learned starting memory token for new objects: O x 1 x C."""
-        return self.convmae.cls_token.expand(num_objects, -1, -1).clone()
-
     def _stem(self, embed: PatchEmbed, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Convolutional stages: B x Cin x H x W -> tokens B x n x C (with position), f8, f4, (h, w)."""
         x = embed(image)

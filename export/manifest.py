@@ -1,0 +1,84 @@
+"""The engine directory's manifest: what was exported, how, by which versions, with every file's hash.
+
+An engine directory is plain files (ONNX graphs, TensorRT plans, ``initial_memory_token.npy``) and
+``manifest.json``. Runners refuse a directory whose manifest is missing or of another format,
+whose files do not hash as recorded, or whose TensorRT plans were built by another TensorRT
+version or on another GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from jfdeploy.errors import JfDeployError
+from jfdeploy.fsutil import sha256_file
+
+MANIFEST = "manifest.json"
+FORMAT = "jfdeploy-engines"
+VERSION = 1
+
+
+class EngineError(JfDeployError):
+    """An engine directory that cannot be used as it is."""
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("jfdeploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "triton"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    """Hash every file of ``directory`` into the manifest and write it (the directory is a staging one)."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = {"format": FORMAT, "version": VERSION, **manifest}
+    manifest["files"] = {p.name: sha256_file(p) for p in files}
+    path = directory / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def load_manifest(directory: str | os.PathLike, *, verify_files: bool = True) -> dict[str, Any]:
+    """Read and check an engine directory's manifest (format, version, file hashes)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise EngineError(f"{directory} is not an engine directory: no {MANIFEST} (run `jfdeploy export` first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EngineError(f"{path} is not valid JSON: {exc}") from exc
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise EngineError(
+            f"{path}: format {manifest.get('format')!r} v{manifest.get('version')}, expected {FORMAT!r} v{VERSION}"
+        )
+    if verify_files:
+        for name, digest in manifest.get("files", {}).items():
+            file = directory / name
+            if not file.is_file():
+                raise EngineError(f"{directory}: {name} is listed in the manifest but missing")
+            if sha256_file(file) != digest:
+                raise EngineError(f"{directory}: {name} does not match its sha256 in the manifest (modified?)")
+    return manifest
+
+
+def check_tensorrt_plans(manifest: dict[str, Any], *, tensorrt_version: str, gpu: str) -> None:
+    """Refuse plans built by another TensorRT version or for another GPU (plans are not portable)."""
+    built = manifest.get("tensorrt")
+    if not built:
+        raise EngineError("this engine directory holds no TensorRT plans (export with --format tensorrt)")
+    if built["version"] != tensorrt_version:
+        raise EngineError(
+            f"TensorRT plans were built with TensorRT {built['version']}, this is {tensorrt_version}: rebuild them"
+        )
+    if built["gpu"] != gpu:
+        raise EngineError(f"TensorRT plans were built on {built['gpu']}, this GPU is {gpu}: rebuild them")

@@ -1,0 +1,176 @@
+"""Export every stage of a JointFormer to ONNX: the engine directory's graphs.
+
+Each stage module (``jfdeploy.stages``) is traced at an example size with every symbolic
+dimension of ``export.specs`` dynamic (objects, frame height/width, reference tokens), checked by
+``onnx.checker``, checked against TensorRT's ONNX operator support, and written with named
+inputs/outputs. ``fp16`` graphs are converted from the fp32 export by onnxconverter-common with
+LayerNormalization, Softmax, the top-k score path and the reductions kept in fp32
+(``export.precision``).
+
+The top-k size is a constant of the graphs: frames must give the joint attention at least k
+reference tokens (checked by the runners from the manifest's ``limits``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jfdeploy.errors import JfDeployError
+from jfdeploy.export import manifest as manifest_io
+from jfdeploy.export import specs
+from jfdeploy.fsutil import atomic_directory
+from jfdeploy.model import JointFormer
+from jfdeploy.stages import STAGE_TYPES, build_stages
+
+OPSET = 17  # LayerNormalization needs 17; TensorRT 10 parses 9..20
+PRECISIONS = ("fp32", "fp16")
+INITIAL_MEMORY_TOKEN = "initial_memory_token.npy"
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError as exc:
+        raise JfDeployError("ONNX export needs the onnx package: pip install 'jfdeploy[onnx]'") from exc
+    return onnx
+
+
+def export_stage(module: torch.nn.Module, stage: str, path: Path, size: specs.Size, opset: int = OPSET) -> None:
+    """Trace one stage at ``size`` and write its ONNX graph (fp32) to ``path``."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes: sizes stay symbolic
+        torch.onnx.export(
+            module,
+            specs.example_inputs(stage, size),
+            str(path),
+            input_names=list(specs.input_names(stage)),
+            output_names=list(specs.output_names(stage)),
+            dynamic_axes=specs.dynamic_axes(stage),
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def token_limits(model: JointFormer) -> dict[str, Any]:
+    """What frame sizes the constant-k graphs accept.
+
+    Tracing fixes k (the reference clamps k to the candidates at trace time), so every top-k
+    candidate set must hold >= k tokens: the reference tokens (slots * tokens per frame) with
+    ``all_frames``; each frame's tokens with ``every_frame`` or with top-k on the memory token.
+    """
+    config = model.config
+    topk = config.topk if config.topk_block_indices else None
+    return {"topk": topk, "per_frame": config.topk_range == "every_frame" or config.topk_memory_token}
+
+
+def frame_tokens_needed(limits: dict[str, Any], slots: int) -> int:
+    """Fewest tokens per frame ((H/16) * (W/16)) the graphs can run with ``slots`` memory slots."""
+    topk = limits["topk"]
+    if topk is None:
+        return 1
+    return topk if limits["per_frame"] else -(-topk // slots)
+
+
+def example_size(model: JointFormer, slots: int) -> specs.Size:
+    """A small square size at which every top-k candidate set holds >= k tokens (see token_limits)."""
+    needed = frame_tokens_needed(token_limits(model), slots)
+    side = max(4, math.isqrt(needed - 1) + 1)
+    return specs.Size(objects=2, height=16 * side, width=16 * side, slots=slots)
+
+
+def export_engines(
+    model: JointFormer,
+    out_dir: str | os.PathLike,
+    *,
+    precision: str = "fp32",
+    max_memory_frames: int = 3,
+    example: specs.Size | None = None,
+    checkpoint_sha256: str | None = None,
+    tensorrt: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write the engine directory of ``model`` and return its manifest.
+
+    example: the size the stages are traced at (any valid one; the graphs are dynamic).
+    tensorrt: None for ONNX only, else keyword options of ``tensorrt_build.build_plans`` ({} = defaults)
+    to also build a TensorRT plan per stage (needs TensorRT and a GPU).
+    """
+    onnx = _import_onnx()
+    from jfdeploy.export.precision import to_fp16
+    from jfdeploy.export.trt_ops import check_graph
+
+    if tensorrt is not None and importlib.util.find_spec("tensorrt") is None:
+        raise JfDeployError("TensorRT is not installed: export --format onnx, or install TensorRT (GPU machine)")
+    if precision not in PRECISIONS:
+        raise JfDeployError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    model = model.float().eval()
+    slots = max_memory_frames + 1
+    example = example or example_size(model, slots)
+    stages = build_stages(model)
+    report = progress or (lambda message: None)
+    stage_entries: dict[str, Any] = {}
+    with atomic_directory(Path(out_dir), overwrite=overwrite) as staging:
+        for stage in STAGE_TYPES:
+            path = staging / f"{stage}.onnx"
+            report(f"exporting {stage}")
+            export_stage(stages[stage], stage, path, example)
+            graph = onnx.load(str(path))
+            if precision == "fp16":
+                graph = to_fp16(graph)
+                onnx.save(graph, str(path))
+            onnx.checker.check_model(str(path))
+            problems = check_graph(graph)
+            if problems:
+                raise JfDeployError(f"{stage}: not parseable by TensorRT: " + "; ".join(problems[:5]))
+            stage_entries[stage] = {
+                "onnx": path.name,
+                "inputs": _io_entries(graph.graph.input, stage),
+                "outputs": _io_entries(graph.graph.output, stage),
+                "nodes": len(graph.graph.node),
+            }
+        np.save(staging / INITIAL_MEMORY_TOKEN, model.convmae.cls_token.detach().float().cpu().numpy())
+        manifest = {
+            "precision": precision,
+            "opset": OPSET,
+            "model": dataclasses.asdict(model.config),
+            "memory": {"max_memory_frames": max_memory_frames, "slots": slots},
+            "limits": token_limits(model),
+            "example_size": dataclasses.asdict(example),
+            "checkpoint_sha256": checkpoint_sha256,
+            "versions": manifest_io.package_versions(),
+            "stages": stage_entries,
+            "initial_memory_token": INITIAL_MEMORY_TOKEN,
+            "tensorrt": None,
+        }
+        if tensorrt is not None:
+            from jfdeploy.export.tensorrt_build import build_plans
+
+            manifest["tensorrt"] = build_plans(staging, manifest, progress=report, **tensorrt)
+        manifest_io.write_manifest(staging, manifest)
+    return manifest_io.load_manifest(out_dir)
+
+
+_ONNX_DTYPES = {1: "float32", 9: "bool", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32"}
+
+
+def _io_entries(values, stage: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": value.name,
+            "dtype": _ONNX_DTYPES.get(value.type.tensor_type.elem_type, str(value.type.tensor_type.elem_type)),
+            "shape": list(specs.SHAPES[stage][value.name]),
+        }
+        for value in values
+    ]
