@@ -32,5 +32,10 @@ step backends_ours1 python3 benchmarks/staged_vs_eager.py --height 480 --width 8
   --variants torch,torch-fp16,torch-triton,torch-fp16-triton
 step backends_ours3 python3 benchmarks/staged_vs_eager.py --height 480 --width 864 --objects 1 --memory-frames 3 \
   --variants torch,torch-fp16,torch-triton,torch-fp16-triton
+step export python3 -m jfdeploy.cli export --precision fp16 --out /tmp/jf-engines --overwrite
+step bench python3 -m jfdeploy.cli bench --refs 1,3 --engines /tmp/jf-engines \
+  --json "$OUT/bench.json" --chart "$OUT/bench.png"
+step bench_sweep python3 -m jfdeploy.cli bench --backends eager,torch-fp16,torch-fp16+triton --refs 3 \
+  --objects 1,2,4 --resolution 240p,480p,720p --json "$OUT/bench_sweep.json"
 echo "results in $OUT (status $status)"
 exit $status

@@ -20,6 +20,16 @@ from jfdeploy.backends import BACKENDS
 from jfdeploy.errors import JfDeployError
 
 EXIT_USAGE = 2
+VARIANT_NAMES = (
+    "eager",
+    "eager-amp",
+    "torch",
+    "torch-fp16",
+    "torch+triton",
+    "torch-fp16+triton",
+    "onnxruntime",
+    "tensorrt",
+)  # fmt: skip (jfdeploy.bench.VARIANTS, without importing it for --help)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +161,28 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("engines", type=Path, help="engine directory")
     check.add_argument("--checkpoint", type=Path, default=None, help="the checkpoint the engines came from")
     check.add_argument("--device", default=None)
+
+    bench = sub.add_parser(
+        "bench",
+        help="frames/s and peak memory of every backend, the paper's Table 9 setting",
+        description="Benchmark backends side by side with eager PyTorch in the paper's Table 9 setting: "
+        "shorter side 480 on a 16:9 clip, a memory frame every 5 frames, top-k 120 over all references, "
+        "Ours-1 / Ours-3. Each row runs in a fresh process (its own peak memory). Without a GPU the "
+        "defaults shrink to a CPU smoke run (96p). Backends: " + ", ".join(VARIANT_NAMES) + ".",
+    )
+    bench.add_argument("--backends", default=None, help="comma list (default: all available)")
+    bench.add_argument("--refs", default="1,3", help="memory frames besides the previous one: Ours-N (default 1,3)")
+    bench.add_argument("--objects", default="1", help="objects, comma list to sweep (default 1)")
+    bench.add_argument("--resolution", default=None, help="shorter sides, e.g. 240p,480p,720p (default 480p; CPU 96p)")
+    bench.add_argument("--frames", type=int, default=None, help="clip length (default: memory full + 8)")
+    bench.add_argument("--warmup", type=int, default=None, help="untimed first frames (default: until memory is full)")
+    bench.add_argument("--mem-every", type=int, default=5)
+    bench.add_argument("--topk", type=int, default=120)
+    bench.add_argument("--checkpoint", type=Path, default=None, help="weights (default: random; speed is the same)")
+    bench.add_argument("--engines", type=Path, default=None, help="engine directory for onnxruntime / tensorrt rows")
+    bench.add_argument("--device", default=None, help="default: cuda if available")
+    bench.add_argument("--json", type=Path, default=None, help="write the rows and the environment as JSON")
+    bench.add_argument("--chart", type=Path, default=None, help="write a PNG chart (needs matplotlib)")
 
     sub.add_parser("info", help="versions, devices and which optional backends are present")
     return parser
@@ -334,7 +366,60 @@ def cmd_check(args: argparse.Namespace) -> None:
     _check(args.engines, _load(args), args.device)
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "export": cmd_export, "check": cmd_check, "info": cmd_info}
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v.strip().removesuffix("p")) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise JfDeployError(f"{what} must be a comma list of integers, got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise JfDeployError(f"{what} must be positive, got {text!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from jfdeploy.bench import VARIANTS, format_markdown, run_bench, save_json, write_chart
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.startswith("cuda")
+    variants = (args.backends or ",".join(VARIANTS)).split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise JfDeployError(f"unknown backends {unknown}; available: {', '.join(VARIANTS)}")
+    refs = _int_list(args.refs, "--refs")
+    sides = _int_list(args.resolution or ("480p" if gpu else "96p"), "--resolution")
+    if any(side % 16 for side in sides):
+        raise JfDeployError(f"resolutions must be multiples of 16, got {sides}")
+    fill = args.mem_every * (max(refs) - 1) + 2  # frames until every memory slot holds a frame
+    warmup = args.warmup if args.warmup is not None else fill
+    frames = args.frames or warmup + 8
+    if frames <= warmup:
+        raise JfDeployError(f"--frames ({frames}) must exceed --warmup ({warmup})")
+    rows, info = run_bench(variants, refs, _int_list(args.objects, "--objects"), sides, frames=frames, warmup=warmup,
+                           mem_every=args.mem_every, topk=args.topk,
+                           checkpoint=str(args.checkpoint) if args.checkpoint else None,
+                           engines=str(args.engines) if args.engines else None, device=device)  # fmt: skip
+    print(format_markdown(rows, info))
+    settings = {"frames": frames, "warmup": warmup, "mem_every": args.mem_every, "topk": args.topk,
+                "refs": refs, "resolutions": sides, "checkpoint": bool(args.checkpoint)}  # fmt: skip
+    if args.json:
+        save_json(args.json, rows, info, settings)
+    if args.chart:
+        try:
+            write_chart(rows, args.chart)
+        except ImportError:
+            print("(no chart: pip install matplotlib)")
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "export": cmd_export,
+    "check": cmd_check,
+    "bench": cmd_bench,
+    "info": cmd_info,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,324 @@
+"""``jfdeploy bench``: the paper's Table 9 setting, every backend side by side with eager PyTorch.
+
+Setting (YouTube-VOS, as the published evaluation): shorter side 480 on a 16:9 clip, a memory frame
+every 5 frames, top-k 120 over all reference frames in every joint block, Ours-1 (1 memory frame +
+the previous frame) and Ours-3 (3 + previous), one object unless ``--objects`` says otherwise.
+
+Each row (backend x refs x objects x resolution) runs in a fresh process, so that its peak memory is
+its own: ``torch.cuda.max_memory_allocated`` (and the process's memory from NVML when available) on
+a GPU, peak resident memory (VmHWM) on the CPU. Time per frame is one ``Segmenter.step`` (CUDA
+events on a GPU, wall clock on the CPU), warm-up frames excluded, on a clip long enough for the
+memory to be full. Masks are compared with the eager row's (mean IoU over objects and frames).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PAPER = {  # Table 9(b), YouTube-VOS 2019 val, GPU not stated (the code mentions an A6000)
+    1: {"fps": 6.7, "memory_mb": 4404},
+    3: {"fps": 3.0, "memory_mb": 5785},
+}
+VARIANTS = {  # backend name -> (Segmenter backend, options, needs)
+    "eager": ("eager", {}, ()),
+    "eager-amp": ("eager", {}, ("cuda",)),
+    "torch": ("torch", {}, ()),
+    "torch-fp16": ("torch", {"autocast": "float16"}, ("cuda",)),
+    "torch+triton": ("torch", {"attention": "triton"}, ("cuda", "triton")),
+    "torch-fp16+triton": ("torch", {"autocast": "float16", "attention": "triton"}, ("cuda", "triton")),
+    "onnxruntime": ("onnxruntime", {}, ("engines",)),
+    "tensorrt": ("tensorrt", {}, ("cuda", "tensorrt", "engines")),
+}
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    variant: str
+    refs: int  # memory frames besides the previous one (Ours-N)
+    objects: int
+    shorter_side: int
+    frames: int
+    warmup: int
+    mem_every: int
+    topk: int
+    checkpoint: str | None
+    engines: str | None
+    device: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.shorter_side, round(self.shorter_side * 16 / 9)
+
+
+@dataclass
+class Row:
+    backend: str
+    refs: int
+    objects: int
+    resolution: str
+    fps: float | None = None
+    peak_memory_mb: float | None = None
+    process_memory_mb: float | None = None
+    frame_ms: list[float] = field(default_factory=list)
+    mean_iou_vs_eager: float | None = None
+    skipped: str | None = None
+
+
+def missing_requirement(variant: str, device: str, engines: str | None) -> str | None:
+    import importlib.util
+
+    for need in VARIANTS[variant][2]:
+        if need == "cuda" and not device.startswith("cuda"):
+            return "needs a CUDA GPU"
+        if need in ("triton", "tensorrt") and importlib.util.find_spec(need) is None:
+            return f"{need} not installed"
+        if need == "engines" and engines is None:
+            return "needs --engines DIR (jfdeploy export)"
+    return None
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _nvml_process_mb() -> float | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if process.pid == os.getpid() and process.usedGpuMemory:
+                return process.usedGpuMemory / 2**20
+    except Exception:  # NVML absent or not permitted in this container: the column stays empty
+        return None
+    return None
+
+
+def run_row(spec: RowSpec) -> tuple[dict[str, Any], np.ndarray]:
+    """Run one row in this process: (row fields, label maps T x H x W of the timed frames)."""
+    import warnings
+
+    import torch
+
+    import jfdeploy
+    from jfdeploy.io import make_clip, masks_to_labels, to_model_input
+
+    backend, options, _ = VARIANTS[spec.variant]
+    options = {k: getattr(torch, v) if k == "autocast" else v for k, v in options.items()}
+    height, width = spec.size
+    frames, labels = make_clip(num_frames=spec.frames, height=height, width=width, num_objects=spec.objects, seed=0)
+    object_ids = list(range(1, spec.objects + 1))
+    device = torch.device(spec.device)
+    model = None
+    if backend in ("eager", "torch"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NO CHECKPOINT GIVEN")
+            model = jfdeploy.load_model(spec.checkpoint, topk=spec.topk).to(device)
+    else:
+        options.update(engines=spec.engines, device=spec.device)
+    seg = jfdeploy.Segmenter(model, mem_every=spec.mem_every, max_memory_frames=spec.refs, backend=backend, **options)
+    first = torch.from_numpy((labels[0][None] == np.array(object_ids)[:, None, None]).astype(np.float32))
+    cuda = device.type == "cuda"
+    amp = spec.variant == "eager-amp"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    _reset_peak_rss()
+    times, maps = [], []
+    for t in range(spec.frames):
+        frame = to_model_input(frames[t], device=device)
+        mask = first.to(device) if t == 0 else None
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            began = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            prob = seg.step(frame, mask=mask, last=t == spec.frames - 1)
+        if cuda:
+            end.record()
+            torch.cuda.synchronize()
+            elapsed = start.elapsed_time(end)
+        else:
+            elapsed = (time.perf_counter() - began) * 1e3
+        if t >= spec.warmup:
+            times.append(elapsed)
+            maps.append(masks_to_labels(prob.float(), object_ids))
+    row = Row(spec.variant, spec.refs, spec.objects, f"{height}x{width}", frame_ms=times)
+    row.fps = 1e3 / statistics.median(times)
+    if cuda:
+        row.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
+        row.process_memory_mb = _nvml_process_mb()
+    else:
+        row.peak_memory_mb = _peak_rss_mb()
+    return dataclasses.asdict(row), np.stack(maps)
+
+
+def _run_in_child(spec: RowSpec, queue) -> None:
+    try:
+        queue.put(("ok", *run_row(spec)))
+    except Exception as exc:  # reported as a skipped row with its reason
+        queue.put(("error", f"{type(exc).__name__}: {exc}", None))
+
+
+def run_isolated(spec: RowSpec) -> tuple[dict[str, Any] | str, np.ndarray | None]:
+    """run_row in a fresh process (its own peak memory); an error comes back as its message."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_run_in_child, args=(spec, queue))
+    process.start()
+    status, payload, maps = queue.get()
+    process.join()
+    return (payload, maps) if status == "ok" else (str(payload), None)
+
+
+def mean_iou(a: np.ndarray, b: np.ndarray, objects: int) -> float:
+    """Mean over objects and frames of the IoU of label maps T x H x W (both empty counts as 1)."""
+    scores = []
+    for obj in range(1, objects + 1):
+        x, y = a == obj, b == obj
+        union = (x | y).sum(axis=(1, 2))
+        inter = (x & y).sum(axis=(1, 2))
+        scores.extend(np.where(union > 0, inter / np.maximum(union, 1), 1.0).tolist())
+    return float(np.mean(scores))
+
+
+def environment(device: str) -> dict[str, Any]:
+    import torch
+
+    from jfdeploy.export.manifest import package_versions
+
+    info: dict[str, Any] = {"platform": platform.platform(), "versions": package_versions(), "device": "CPU"}
+    if device.startswith("cuda"):
+        info["device"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            info["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception:
+            info["driver"] = None
+    else:
+        info["cpu_threads"] = torch.get_num_threads()
+    return info
+
+
+def format_markdown(rows: list[Row], info: dict[str, Any]) -> str:
+    lines = [f"device: {info['device']}; torch {info['versions']['torch']}", ""]
+    lines.append("| backend | refs | objects | resolution | FPS | peak MB | speedup vs eager | memory vs eager "
+                 "| mIoU vs eager | paper FPS | paper MB |")  # fmt: skip
+    lines.append("|" + " --- |" * 11)
+    eager = {(r.refs, r.objects, r.resolution): r for r in rows if r.backend == "eager" and r.fps}
+    for r in rows:
+        paper = PAPER.get(r.refs, {})
+        if r.skipped:
+            lines.append(f"| {r.backend} | {r.refs} | {r.objects} | {r.resolution} | skipped: {r.skipped} |"
+                         + " |" * 6)  # fmt: skip
+            continue
+        base = eager.get((r.refs, r.objects, r.resolution))
+        speed = f"{r.fps / base.fps:.2f}x" if base else "n/a"
+        memory = f"{r.peak_memory_mb / base.peak_memory_mb:.2f}x" if base and r.peak_memory_mb else "n/a"
+        iou = f"{r.mean_iou_vs_eager:.4f}" if r.mean_iou_vs_eager is not None else "n/a"
+        peak = f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb else "n/a"
+        lines.append(f"| {r.backend} | {r.refs} | {r.objects} | {r.resolution} | {r.fps:.2f} | {peak} | {speed} | "
+                     f"{memory} | {iou} | {paper.get('fps', '')} | {paper.get('memory_mb', '')} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_chart(rows: list[Row], path: Path) -> None:
+    """FPS and peak memory per backend (one bar group per refs / objects / resolution setting)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if not r.skipped]
+    labels = [f"{r.backend}\nOurs-{r.refs} {r.objects}obj {r.resolution}" for r in done]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(done) + 4), 4.5))
+    axes[0].bar(range(len(done)), [r.fps for r in done], color="tab:blue")
+    axes[0].set_ylabel("frames / s")
+    axes[1].bar(range(len(done)), [r.peak_memory_mb or 0 for r in done], color="tab:orange")
+    axes[1].set_ylabel("peak memory (MB)")
+    for ax in axes:
+        ax.set_xticks(range(len(done)), labels, rotation=60, ha="right", fontsize=7)
+    fig.suptitle("jfdeploy bench")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench(
+    variants: list[str],
+    refs: list[int],
+    objects: list[int],
+    shorter_sides: list[int],
+    *,
+    frames: int,
+    warmup: int,
+    mem_every: int = 5,
+    topk: int = 120,
+    checkpoint: str | None = None,
+    engines: str | None = None,
+    device: str = "cpu",
+    progress=print,
+) -> tuple[list[Row], dict[str, Any]]:
+    """Every (variant, refs, objects, resolution) row; eager rows first (the baseline of the others)."""
+    ordered = ["eager", *[v for v in variants if v != "eager"]]
+    rows: list[Row] = []
+    eager_maps: dict[tuple, np.ndarray] = {}
+    for side in shorter_sides:
+        for n_refs in refs:
+            for n_objects in objects:
+                for variant in ordered:
+                    spec = RowSpec(variant, n_refs, n_objects, side, frames, warmup, mem_every, topk, checkpoint,
+                                   engines, device)  # fmt: skip
+                    resolution = "{}x{}".format(*spec.size)
+                    reason = missing_requirement(variant, device, engines)
+                    if reason is None:
+                        progress(f"bench: {variant}, Ours-{n_refs}, {n_objects} object(s), {resolution}")
+                        result, maps = run_isolated(spec)
+                        if isinstance(result, str):
+                            reason = result
+                    if reason is not None:
+                        rows.append(Row(variant, n_refs, n_objects, resolution, skipped=reason))
+                        continue
+                    row = Row(**result)
+                    key = (n_refs, n_objects, side)
+                    if variant == "eager":
+                        eager_maps[key] = maps
+                    if key in eager_maps:
+                        row.mean_iou_vs_eager = mean_iou(maps, eager_maps[key], n_objects)
+                    if variant in variants:
+                        rows.append(row)
+    return rows, environment(device)
+
+
+def save_json(path: Path, rows: list[Row], info: dict[str, Any], settings: dict[str, Any]) -> None:
+    payload = {**info, "settings": settings, "paper": PAPER, "rows": [dataclasses.asdict(r) for r in rows]}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
