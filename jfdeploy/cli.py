@@ -110,9 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", type=Path, help="video file or folder of frames")
     run.add_argument("--mask", type=Path, required=True, help="first frame's mask: palette PNG, 0 = background")
     run.add_argument("--out", type=Path, required=True, help="output folder for the masks")
-    run.add_argument("--engines", type=Path, default=None,
-                     help="engine directory from `jfdeploy export`: runs it with TensorRT if it holds plans and "
-                          "TensorRT is present, else with onnxruntime (--backend is then ignored)")  # fmt: skip
+    run.add_argument(
+        "--engines",
+        type=Path,
+        default=None,
+        help="engine directory from `jfdeploy export`: runs it with TensorRT if it holds plans and "
+        "TensorRT is present, else with onnxruntime (--backend is then ignored)",
+    )
     _model_arguments(run)
     _run_arguments(run, default_size=480)
 
@@ -141,10 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(versions, settings, sha256 of every file).",
     )
     export.add_argument("--out", type=Path, required=True, help="engine directory to write")
-    export.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                        help="fp16: half-precision graphs with LayerNorm/softmax/top-k scores in fp32")  # fmt: skip
-    export.add_argument("--format", choices=["onnx", "tensorrt"], default=None,
-                        help="default: tensorrt when TensorRT is importable, else onnx")  # fmt: skip
+    export.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: half-precision graphs with LayerNorm/softmax/top-k scores in fp32",
+    )
+    export.add_argument(
+        "--format",
+        choices=["onnx", "tensorrt"],
+        default=None,
+        help="default: tensorrt when TensorRT is importable, else onnx",
+    )
     export.add_argument("--max-memory-frames", type=int, default=3, help="memory capacity the plans target")
     export.add_argument("--max-objects", type=int, default=8, help="TensorRT profiles: most objects (default 8)")
     export.add_argument("--workspace-gib", type=float, default=4.0, help="TensorRT workspace limit (default 4)")
@@ -183,6 +195,62 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default=None, help="default: cuda if available")
     bench.add_argument("--json", type=Path, default=None, help="write the rows and the environment as JSON")
     bench.add_argument("--chart", type=Path, default=None, help="write a PNG chart (needs matplotlib)")
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="segment a VOS dataset, write its mask layout and score it (J&F)",
+        description="Run a backend over DAVIS 2016/2017 or YouTube-VOS 2018/2019 (or a generic folder), "
+        "write the masks in the benchmark's layout, and, where ground truth is available (DAVIS), write "
+        "per-sequence J/F/J&F to per_sequence.csv and summary.json. Resumable: sequences already "
+        "written completely are skipped.",
+    )
+    evaluate.add_argument(
+        "--dataset", required=True, choices=["davis2016", "davis2017", "youtubevos2018", "youtubevos2019", "generic"]
+    )
+    evaluate.add_argument(
+        "--root",
+        type=Path,
+        required=True,
+        help="dataset root (generic: a folder of frames; give the first mask with --mask)",
+    )
+    evaluate.add_argument(
+        "--split", default=None, help="val / valid / test-dev (default: the dataset's validation split)"
+    )
+    evaluate.add_argument("--mask", type=Path, default=None, help="generic: the first frame's mask")
+    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    evaluate.add_argument("--sequences", default=None, help="only these sequences (comma list)")
+    evaluate.add_argument("--engines", type=Path, default=None, help="engine directory (onnxruntime / tensorrt)")
+    evaluate.add_argument("--flip", action="store_true", help="test-time augmentation: also horizontally flipped")
+    evaluate.add_argument(
+        "--scales",
+        default=None,
+        help="test-time augmentation: shorter sides to average, e.g. 480,600 (default: --size)",
+    )
+    _model_arguments(evaluate)
+    _run_arguments(evaluate, default_size=480)
+
+    compare = sub.add_parser(
+        "compare",
+        help="J&F of a folder of masks against another (DAVIS layout)",
+        description="J&F (as the DAVIS benchmark computes it) of PRED against GT: two folders with one "
+        "sub-folder of palette PNGs per sequence. GT may be real ground truth, or fp32 eager masks when "
+        "judging an fp16 engine.",
+    )
+    compare.add_argument("pred", type=Path)
+    compare.add_argument("gt", type=Path)
+    compare.add_argument("--json", type=Path, default=None, help="write the scores as JSON")
+    compare.add_argument(
+        "--youtube-meta",
+        type=Path,
+        default=None,
+        help="YouTube-VOS layout: the split's meta.json (objects, categories, scored frames)",
+    )
+    compare.add_argument(
+        "--seen-categories",
+        type=Path,
+        default=None,
+        help="with --youtube-meta: training categories (text file or train meta.json) for the seen / unseen split",
+    )
 
     sub.add_parser("info", help="versions, devices and which optional backends are present")
     return parser
@@ -331,9 +399,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     tensorrt = None
     if fmt == "tensorrt":
         tensorrt = {"max_objects": args.max_objects, "workspace_gib": args.workspace_gib}
-    export_engines(model.cpu(), args.out, precision=args.precision, max_memory_frames=args.max_memory_frames,
-                   checkpoint_sha256=_checkpoint_sha256(args.checkpoint), tensorrt=tensorrt,
-                   overwrite=args.overwrite, progress=print)  # fmt: skip
+    export_engines(
+        model.cpu(),
+        args.out,
+        precision=args.precision,
+        max_memory_frames=args.max_memory_frames,
+        checkpoint_sha256=_checkpoint_sha256(args.checkpoint),
+        tensorrt=tensorrt,
+        overwrite=args.overwrite,
+        progress=print,
+    )
     print(f"engine directory {args.out} ({fmt}, {args.precision}) written")
     if args.verify:
         _check(args.out, model, args.device)
@@ -396,10 +471,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
     frames = args.frames or warmup + 8
     if frames <= warmup:
         raise JfDeployError(f"--frames ({frames}) must exceed --warmup ({warmup})")
-    rows, info = run_bench(variants, refs, _int_list(args.objects, "--objects"), sides, frames=frames, warmup=warmup,
-                           mem_every=args.mem_every, topk=args.topk,
-                           checkpoint=str(args.checkpoint) if args.checkpoint else None,
-                           engines=str(args.engines) if args.engines else None, device=device)  # fmt: skip
+    rows, info = run_bench(
+        variants,
+        refs,
+        _int_list(args.objects, "--objects"),
+        sides,
+        frames=frames,
+        warmup=warmup,
+        mem_every=args.mem_every,
+        topk=args.topk,
+        checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        engines=str(args.engines) if args.engines else None,
+        device=device,
+    )
     print(format_markdown(rows, info))
     settings = {"frames": frames, "warmup": warmup, "mem_every": args.mem_every, "topk": args.topk,
                 "refs": refs, "resolutions": sides, "checkpoint": bool(args.checkpoint)}  # fmt: skip
@@ -412,7 +496,97 @@ def cmd_bench(args: argparse.Namespace) -> None:
             print("(no chart: pip install matplotlib)")
 
 
+def _sequences(args: argparse.Namespace) -> tuple[list, str]:
+    from jfdeploy import datasets
+
+    if args.dataset == "generic":
+        if args.mask is None:
+            raise JfDeployError("--dataset generic needs --mask FIRST_MASK")
+        return [datasets.generic(args.root, args.mask)], "davis"
+    if args.dataset.startswith("davis"):
+        year = int(args.dataset[-4:])
+        return datasets.davis(args.root, year=year, split=args.split or "val"), "davis"
+    return datasets.youtube_vos(args.root, split=args.split or "valid"), "youtube"
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from jfdeploy import datasets
+    from jfdeploy.evaluate import EvalOptions, check_scales, evaluate_dataset, write_scores
+
+    sequences, layout = _sequences(args)
+    if args.sequences:
+        wanted = set(args.sequences.split(","))
+        unknown = sorted(wanted - {s.name for s in sequences})
+        if unknown:
+            raise JfDeployError(f"unknown sequences {unknown}")
+        sequences = [s for s in sequences if s.name in wanted]
+    run_options = _options(args)
+    scales = check_scales(_int_list(args.scales, "--scales") if args.scales else [args.size])
+    backend, backend_options, model = run_options.backend, {}, None
+    if args.engines is not None:
+        backend = _engine_kind(args.engines)
+        backend_options = {"engines": args.engines, "device": args.device}
+    else:
+        model = _load(args)
+        if run_options.autocast != "none":
+            import torch
+
+            backend_options["autocast"] = getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[run_options.autocast])
+        if run_options.attention != "torch":
+            backend_options["attention"] = run_options.attention
+    options = EvalOptions(
+        mem_every=args.mem_every,
+        max_memory_frames=args.max_memory_frames,
+        backend=backend,
+        backend_options=tuple(backend_options.items()),
+        scales=scales,
+        flip=args.flip,
+    )
+    masks_root = args.out if layout == "youtube" else args.out / "masks"  # youtube: out/Annotations/<vid>
+    computed = evaluate_dataset(
+        model,
+        sequences,
+        masks_root,
+        options=options,
+        progress=not args.quiet,
+        write_masks=datasets.write_sequence_masks,
+        is_complete=datasets.sequence_complete,
+    )
+    print(f"{len(computed)} sequence(s) segmented, {len(sequences) - len(computed)} already complete -> {masks_root}")
+    if layout == "davis" and args.dataset != "generic":
+        gt_root = args.root / "Annotations" / "480p"
+        summary = datasets.compare_folders(
+            masks_root, gt_root, [s.name for s in sequences], binary=args.dataset == "davis2016"
+        )
+        write_scores(summary, args.out)
+        print(f"J&F {summary['J&F']:.4f}  J {summary['J']:.4f}  F {summary['F']:.4f} -> {args.out / 'summary.json'}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    import json
+
+    from jfdeploy.datasets import compare_folders, compare_youtube, read_categories
+
+    if args.youtube_meta is not None:
+        seen = read_categories(args.seen_categories) if args.seen_categories else set()
+        scores = compare_youtube(args.pred, args.gt, args.youtube_meta, seen)
+        groups = {k: v for k, v in scores.items() if k != "objects"}
+        print("  ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in groups.items()))
+        if args.json:
+            args.json.write_text(json.dumps(scores, indent=2) + "\n")
+        return
+    summary = compare_folders(args.pred, args.gt)
+    print("| sequence | J | F | J&F |\n| --- | --- | --- | --- |")
+    for name, scores in sorted(summary["sequences"].items()):
+        print(f"| {name} | {scores['J']:.4f} | {scores['F']:.4f} | {(scores['J'] + scores['F']) / 2:.4f} |")
+    print(f"J&F {summary['J&F']:.4f}  J {summary['J']:.4f}  F {summary['F']:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
 COMMANDS = {
+    "eval": cmd_eval,
+    "compare": cmd_compare,
     "run": cmd_run,
     "demo": cmd_demo,
     "export": cmd_export,

@@ -104,19 +104,30 @@ class FolderFrames(FrameSource):
             yield rgb
 
 
-def _list_frame_files(folder: Path) -> list[Path]:
-    """Image files of ``folder`` in natural name order; ``folder/JPEGImages`` if the folder has none."""
-    files = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files and (folder / "JPEGImages").is_dir():  # the root of a clip written by write_clip_folder
-        return _list_frame_files(folder / "JPEGImages")
+def natural_key(name: str) -> list[Any]:
+    """Sort key that puts frame2 before frame10."""
+    return _natural_key(name)
+
+
+def list_images(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """Image files of ``folder`` (hidden files skipped) in natural name order; InputError if none."""
+    files = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in suffixes and not f.name.startswith(".")]
     if not files:
-        raise InputError(f"{folder}: no frames found (expected {'/'.join(IMAGE_SUFFIXES)} files)")
+        raise InputError(f"{folder}: no {'/'.join(suffixes)} files found: no frames")
     files.sort(key=lambda f: _natural_key(f.name))
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):
         duplicate = next(s for s in stems if stems.count(s) > 1)
-        raise InputError(f"{folder}: two frames are named {duplicate!r} (different extensions)")
+        raise InputError(f"{folder}: two files are named {duplicate!r} (different extensions)")
     return files
+
+
+def _list_frame_files(folder: Path) -> list[Path]:
+    """Frames of ``folder``, or of ``folder/JPEGImages`` (the root of a clip written by write_clip_folder)."""
+    has_frames = any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in folder.iterdir())
+    if not has_frames and (folder / "JPEGImages").is_dir():
+        return _list_frame_files(folder / "JPEGImages")
+    return list_images(folder)
 
 
 def _common_size(folder: Path, files: list[Path]) -> tuple[int, int]:
