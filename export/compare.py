@@ -36,7 +36,7 @@ class StageComparison:
 
 def compare_stages(model, runners, size: specs.Size, *, atol: float, rtol: float) -> list[StageComparison]:
     """Run every stage of ``model`` (PyTorch, float32) and of ``runners`` on the same inputs at ``size``."""
-    stages = build_stages(model.float().eval())
+    stages = build_stages(model.eval())
     results = []
     for stage in STAGE_TYPES:
         inputs = specs.example_inputs(stage, size, seed=1)

@@ -115,7 +115,9 @@ def export_engines(
         raise JfDeployError("TensorRT is not installed: export --format onnx, or install TensorRT (GPU machine)")
     if precision not in PRECISIONS:
         raise JfDeployError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    model = model.float().eval()
+    if next(model.parameters()).dtype != torch.float32:
+        raise JfDeployError("export a float32 model (load_model gives one; --precision fp16 makes the fp16 graphs)")
+    model = model.eval()
     slots = max_memory_frames + 1
     example = example or example_size(model, slots)
     stages = build_stages(model)

@@ -512,6 +512,7 @@ def _sequences(args: argparse.Namespace) -> tuple[list, str]:
 def cmd_eval(args: argparse.Namespace) -> None:
     from jfdeploy import datasets
     from jfdeploy.evaluate import EvalOptions, check_scales, evaluate_dataset, write_scores
+    from jfdeploy.scoring import compare_folders
 
     sequences, layout = _sequences(args)
     if args.sequences:
@@ -555,9 +556,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"{len(computed)} sequence(s) segmented, {len(sequences) - len(computed)} already complete -> {masks_root}")
     if layout == "davis" and args.dataset != "generic":
         gt_root = args.root / "Annotations" / "480p"
-        summary = datasets.compare_folders(
-            masks_root, gt_root, [s.name for s in sequences], binary=args.dataset == "davis2016"
-        )
+        summary = compare_folders(masks_root, gt_root, [s.name for s in sequences], binary=args.dataset == "davis2016")
         write_scores(summary, args.out)
         print(f"J&F {summary['J&F']:.4f}  J {summary['J']:.4f}  F {summary['F']:.4f} -> {args.out / 'summary.json'}")
 
@@ -565,7 +564,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     import json
 
-    from jfdeploy.datasets import compare_folders, compare_youtube, read_categories
+    from jfdeploy.scoring import compare_folders, compare_youtube, read_categories
 
     if args.youtube_meta is not None:
         seen = read_categories(args.seen_categories) if args.seen_categories else set()

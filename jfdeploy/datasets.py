@@ -1,5 +1,5 @@
-"""Benchmark datasets (DAVIS 2016/2017, YouTube-VOS) and plain folders as ``Sequence`` lists, the mask
-writer/resume helpers of an evaluation run, and J&F of a folder of predictions against ground truth.
+"""Benchmark datasets (DAVIS 2016/2017, YouTube-VOS) and plain folders as ``Sequence`` lists, and the
+mask writer/resume helpers of an evaluation run (scores: ``jfdeploy.scoring``).
 
 Layouts read::
 
@@ -34,12 +34,11 @@ from PIL import Image, UnidentifiedImageError
 from jfdeploy.errors import InputError
 from jfdeploy.io.masks import read_label_png, write_label_png
 from jfdeploy.io.video import IMAGE_SUFFIXES, list_images, natural_key
-from jfdeploy.metrics import VOID_LABEL, db_eval_iou, evaluate_sequence, f_measure, summarize
+from jfdeploy.metrics import VOID_LABEL
 
 __all__ = [
     "Layout",
     "Sequence",
-    "compare_folders",
     "davis",
     "generic",
     "mask_path",
@@ -148,15 +147,15 @@ class Sequence:
 # --------------------------------------------------------------------------------------- small helpers
 
 
-def _require_dir(path: Path, what: str) -> Path:
+def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise InputError(f"{what} not found: {path}")
     return path
 
 
-def _list_images(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+def list_folder_images(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
     """Image files of an existing ``folder`` in natural name order (``jfdeploy.io.video.list_images``)."""
-    return list_images(_require_dir(folder, "folder"), suffixes)
+    return list_images(require_dir(folder, "folder"), suffixes)
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -193,7 +192,7 @@ def _objects_of(labels: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(labels) if v != 0]
 
 
-def _quote(names: list[str]) -> str:
+def quote_names(names: list[str]) -> str:
     """A few names for an error message: 'a, b, c (+7 more)'."""
     shown = ", ".join(names[:_MAX_NAMES])
     return shown if len(names) <= _MAX_NAMES else f"{shown} (+{len(names) - _MAX_NAMES} more)"
@@ -206,18 +205,20 @@ def _select(names: list[str], wanted: Iterable[str] | None, source: Path) -> lis
     wanted, known = list(wanted), set(names)
     unknown = [w for w in wanted if w not in known]
     if unknown:
-        raise InputError(f"sequence(s) not in {source}: {_quote(unknown)}")
+        raise InputError(f"sequence(s) not in {source}: {quote_names(unknown)}")
     return wanted
 
 
-def _first_annotation_objects(path: Path, size: tuple[int, int], binary: bool) -> tuple[list[int], bytes | None]:
+def _first_annotation_objects(
+    path: Path, size: tuple[int, int], binary: bool, void_label: int | None = VOID_LABEL, what: str = "annotation"
+) -> tuple[list[int], bytes | None]:
     """Objects and palette of a first annotation; InputError if it is missing, of another size or empty."""
     if not path.is_file():
-        raise InputError(f"first-frame annotation not found: {path}")
-    labels, palette = _load_annotation(path, size, binary, VOID_LABEL)
+        raise InputError(f"first-frame {what} not found: {path}")
+    labels, palette = _load_annotation(path, size, binary, void_label)
     objects = _objects_of(labels)
     if not objects:
-        raise InputError(f"{path}: the first-frame annotation holds no object (all background)")
+        raise InputError(f"{path}: the first-frame {what} holds no object (all background)")
     return objects, palette
 
 
@@ -274,8 +275,8 @@ def _first_frame_sequence(
 
 
 def _davis_sequence(root: Path, name: str, resolution: str, binary: bool) -> Sequence:
-    frames_dir = _require_dir(root / "JPEGImages" / resolution / name, f"frames of DAVIS sequence {name!r}")
-    frames = _list_images(frames_dir)
+    frames_dir = require_dir(root / "JPEGImages" / resolution / name, f"frames of DAVIS sequence {name!r}")
+    frames = list_folder_images(frames_dir)
     size = _image_size(frames[0])
     first = root / "Annotations" / resolution / name / f"{frames[0].stem}.png"
     objects, palette = _first_annotation_objects(first, size, binary)
@@ -308,9 +309,9 @@ def davis(
             missing, unreadable, of another size than the frames, or without any object.
     """
     root = Path(root)
-    _require_dir(root, "DAVIS root")
+    require_dir(root, "DAVIS root")
     for sub in ("JPEGImages", "Annotations"):
-        _require_dir(root / sub / resolution, f"DAVIS {sub} folder")
+        require_dir(root / sub / resolution, f"DAVIS {sub} folder")
     listing, names = _davis_imageset(root, int(year), split)
     names = _select(names, sequences, listing)
     return [_davis_sequence(root, name, resolution, binary=int(year) == 2016) for name in names]
@@ -351,7 +352,7 @@ def _youtube_annotations(
 ) -> tuple[dict[int, Path], list[int], dict[int, int], bytes | None]:
     """Annotation PNGs by (untrimmed) frame index, objects in first-appearance order, their first frames, palette."""
     annotations: dict[int, Path] = {}
-    for png in _list_images(ann_dir, (".png",)):
+    for png in list_folder_images(ann_dir, (".png",)):
         if png.stem not in frame_index:
             raise InputError(f"{png}: annotation of a frame that is not among the video's frames")
         annotations[frame_index[png.stem]] = png
@@ -374,10 +375,10 @@ def _youtube_sequence(root: Path, split: str, vid: str, wanted: set[str], all_fr
     dense = _all_frames_dir(root, split, vid) if all_frames is not False else None
     if all_frames and dense is None:
         raise InputError(f"no all-frames folder for video {vid!r}: {root / f'{split}_all_frames' / 'JPEGImages' / vid}")
-    frames_dir = dense or _require_dir(split_dir / "JPEGImages" / vid, f"frames of YouTube-VOS video {vid!r}")
-    frames = _list_images(frames_dir)
+    frames_dir = dense or require_dir(split_dir / "JPEGImages" / vid, f"frames of YouTube-VOS video {vid!r}")
+    frames = list_folder_images(frames_dir)
     size = _image_size(frames[0])
-    ann_dir = _require_dir(split_dir / "Annotations" / vid, f"annotations of YouTube-VOS video {vid!r}")
+    ann_dir = require_dir(split_dir / "Annotations" / vid, f"annotations of YouTube-VOS video {vid!r}")
     annotations, object_ids, first_appearance, palette = _youtube_annotations(
         vid, ann_dir, {f.stem: i for i, f in enumerate(frames)}, size
     )
@@ -387,7 +388,7 @@ def _youtube_sequence(root: Path, split: str, vid: str, wanted: set[str], all_fr
     unknown = sorted(wanted - set(names), key=natural_key)
     if unknown:
         raise InputError(
-            f"video {vid!r}: meta.json asks for frame(s) {_quote(unknown)} which are not in {frames_dir} "
+            f"video {vid!r}: meta.json asks for frame(s) {quote_names(unknown)} which are not in {frames_dir} "
             "from the first annotated frame on"
         )
     return Sequence(
@@ -438,9 +439,9 @@ def youtube_vos(
             frames to run, a mask of another size than the frames.
     """
     root = Path(root)
-    split_dir = _require_dir(root / split, "YouTube-VOS split folder")
+    split_dir = require_dir(root / split, "YouTube-VOS split folder")
     for sub in ("JPEGImages", "Annotations"):
-        _require_dir(split_dir / sub, f"YouTube-VOS {sub} folder")
+        require_dir(split_dir / sub, f"YouTube-VOS {sub} folder")
     meta = _youtube_meta(split_dir)
     names = _select(sorted(meta), sequences, split_dir / "meta.json")
     return [_youtube_sequence(root, split, vid, meta[vid], all_frames) for vid in names]
@@ -468,15 +469,10 @@ def generic(
     frames_dir = Path(frames_dir)
     if frames_dir.exists() and not frames_dir.is_dir():
         raise InputError(f"{frames_dir}: not a folder of frames (videos: use jfdeploy.io.open_frames)")
-    frames = _list_images(_require_dir(frames_dir, "frames folder"))
+    frames = list_folder_images(require_dir(frames_dir, "frames folder"))
     size = _image_size(frames[0])
     mask = Path(first_mask)
-    if not mask.is_file():
-        raise InputError(f"first-frame mask not found: {mask}")
-    labels, palette = _load_annotation(mask, size, False, None)
-    objects = _objects_of(labels)
-    if not objects:
-        raise InputError(f"{mask}: the first-frame mask holds no object (all background)")
+    objects, palette = _first_annotation_objects(mask, size, False, void_label=None, what="mask")
     return _first_frame_sequence(name or frames_dir.resolve().name, frames, mask, objects, palette, size,
                                  void_label=None)  # fmt: skip
 
@@ -552,162 +548,3 @@ def missing_masks(out_root: str | os.PathLike[str], sequence: Sequence, layout: 
 def sequence_complete(out_root: str | os.PathLike[str], sequence: Sequence, layout: Layout | None = None) -> bool:
     """Whether every frame to save has a readable PNG of the right size (a finished sequence to skip on resume)."""
     return not missing_masks(out_root, sequence, layout)
-
-
-# ------------------------------------------------------------------------------------------- evaluation
-
-
-def _stack_masks(files: list[Path], size: tuple[int, int] | None, binary: bool) -> np.ndarray:
-    """uint8 [T, H, W] of label PNGs, all of one size (``size`` or the first file's)."""
-    arrays = []
-    for file in files:
-        labels, _ = read_label_png(file)
-        if size is None:
-            size = labels.shape
-        if labels.shape != tuple(size):
-            raise InputError(f"{file}: mask is {labels.shape[0]}x{labels.shape[1]}, expected {size[0]}x{size[1]}")
-        arrays.append((labels > 0).astype(np.uint8) if binary else labels)
-    return np.stack(arrays)
-
-
-def _evaluate_folder(pred_dir: Path, gt_dir: Path, binary: bool) -> dict[int, dict[str, float]]:
-    """Per-object statistics of one sequence folder of predictions against its ground-truth folder."""
-    gt_files = _list_images(gt_dir, (".png",))
-    if not pred_dir.is_dir():
-        raise InputError(f"prediction folder not found: {pred_dir}")
-    pred_files = [pred_dir / f"{f.stem}.png" for f in gt_files]
-    missing = [f.name for f in pred_files if not f.is_file()]
-    if missing:
-        raise InputError(f"{pred_dir}: missing prediction frame(s) {_quote(missing)}")
-    gt = _stack_masks(gt_files, None, binary)
-    first = set(np.unique(gt[0]).tolist())
-    if not binary and first == {0, VOID_LABEL}:
-        raise InputError(
-            f"{gt_files[0]}: ground truth is a 0/255 mask (255 is void to DAVIS 2017): for DAVIS 2016 pass binary=True"
-        )
-    pred = _stack_masks(pred_files, gt.shape[1:], binary)
-    return evaluate_sequence(pred, gt)
-
-
-def compare_folders(
-    pred_root: str | os.PathLike[str],
-    gt_root: str | os.PathLike[str],
-    sequences: list[str] | None = None,
-    binary: bool = False,
-) -> dict[str, Any]:
-    """J&F of a DAVIS-layout results folder against ground truth, as davis2017-evaluation scores it.
-
-    Layout: ``pred_root/<seq>/<frame>.png`` and ``gt_root/<seq>/<frame>.png`` (e.g. ``gt_root`` =
-    ``DAVIS/Annotations/480p``); palette, grayscale or DAVIS-coloured PNGs. Every ground-truth frame must
-    have its prediction (extra predictions are ignored); the first and the last frame are not scored.
-
-    Args:
-        pred_root: the predictions.
-        gt_root: the ground truth.
-        sequences: the sequences to score (e.g. the val image set); default: every sub-folder of
-            ``pred_root`` holding PNGs (each must have its ground truth).
-        binary: DAVIS 2016: every nonzero label of both folders is the one object.
-
-    Returns:
-        ``jfdeploy.metrics.summarize`` of the sequences: ``{"J&F", "J", "F", "J-Recall", "J-Decay",
-        "F-Recall", "F-Decay", "sequences": {name: {"J", "F"}}, "objects": {f"{name}_{id}": {"J", "F"}}}``.
-
-    Raises:
-        InputError: missing folders, sequences or prediction frames (named), masks of different sizes,
-            predicted labels that the ground truth does not have.
-    """
-    pred_root, gt_root = Path(pred_root), Path(gt_root)
-    _require_dir(pred_root, "predictions folder")
-    _require_dir(gt_root, "ground-truth folder")
-    if sequences is None:
-        sequences = sorted(
-            (d.name for d in pred_root.iterdir() if d.is_dir() and any(d.glob("*.png"))), key=natural_key
-        )
-        if not sequences:
-            raise InputError(f"{pred_root}: no sequence folder of PNG masks found")
-    missing = [s for s in sequences if not (gt_root / s).is_dir()]
-    if missing:
-        raise InputError(f"{gt_root}: no ground truth for sequence(s) {_quote(missing)}")
-    results = {name: _evaluate_folder(pred_root / name, gt_root / name, binary) for name in sequences}
-    return summarize(results)
-
-
-def read_categories(path: str | os.PathLike[str]) -> set[str]:
-    """Category names from a text file (one per line) or a YouTube-VOS meta.json (every object's category)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"category file not found: {path}")
-    if path.suffix.lower() != ".json":
-        return {line.strip() for line in path.read_text().splitlines() if line.strip()}
-    try:
-        videos = json.loads(path.read_text())["videos"]
-        return {obj["category"] for video in videos.values() for obj in video["objects"].values()}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{path}: not a YouTube-VOS meta.json ({exc})") from exc
-
-
-def compare_youtube(
-    pred_root: str | os.PathLike[str],
-    gt_root: str | os.PathLike[str],
-    meta: str | os.PathLike[str],
-    seen_categories: set[str],
-) -> dict[str, Any]:
-    """YouTube-VOS scores with the seen / unseen split: J and F per object, then means per group.
-
-    Layout: ``<root>/<vid>/<frame>.png`` for predictions and ground truth (e.g. the ``Annotations``
-    folders); ``meta`` is the split's meta.json (objects, their categories and scored frames).
-    Each object is scored on its meta.json frames except the first (where its mask was given).
-    ``seen_categories``: the categories of the training set (``read_categories``). Returns
-    ``{"G": mean of the four, "J_seen", "F_seen", "J_unseen", "F_unseen", "objects": {f"{vid}_{id}": ...}}``;
-    a group with no object is reported as None and left out of G.
-    """
-    pred_root, gt_root = Path(pred_root), Path(gt_root)
-    videos = _youtube_meta_objects(Path(meta))
-    per_object: dict[str, dict[str, Any]] = {}
-    for vid, objects in videos.items():
-        for obj_id, (category, frames) in objects.items():
-            scored = frames[1:]
-            if not scored:
-                continue
-            j_values, f_values = [], []
-            for frame in scored:
-                gt_file, pred_file = gt_root / vid / f"{frame}.png", pred_root / vid / f"{frame}.png"
-                for file in (gt_file, pred_file):
-                    if not file.is_file():
-                        raise InputError(f"missing mask {file}")
-                gt, _ = read_label_png(gt_file)
-                pred, _ = read_label_png(pred_file)
-                if pred.shape != gt.shape:
-                    raise InputError(f"{pred_file}: mask is {pred.shape}, ground truth {gt.shape}")
-                j_values.append(db_eval_iou(gt == obj_id, pred == obj_id))
-                f_values.append(f_measure(pred == obj_id, gt == obj_id))
-            per_object[f"{vid}_{obj_id}"] = {
-                "category": category,
-                "seen": category in seen_categories,
-                "J": float(np.mean(j_values)),
-                "F": float(np.mean(f_values)),
-            }
-    groups: dict[str, float | None] = {}
-    for seen, label in ((True, "seen"), (False, "unseen")):
-        members = [o for o in per_object.values() if o["seen"] == seen]
-        for metric in ("J", "F"):
-            groups[f"{metric}_{label}"] = float(np.mean([o[metric] for o in members])) if members else None
-    present = [v for v in groups.values() if v is not None]
-    return {"G": float(np.mean(present)) if present else None, **groups, "objects": per_object}
-
-
-def _youtube_meta_objects(meta: Path) -> dict[str, dict[int, tuple[str, list[str]]]]:
-    """vid -> object id -> (category, sorted frame names) from a YouTube-VOS meta.json."""
-    if not meta.is_file():
-        raise InputError(f"meta.json not found: {meta}")
-    try:
-        videos = json.loads(meta.read_text())["videos"]
-        return {
-            vid: {
-                int(obj_id): (obj["category"], sorted(obj["frames"], key=natural_key))
-                for obj_id, obj in video["objects"].items()
-            }
-            for vid, video in sorted(videos.items())
-        }
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{meta}: not a YouTube-VOS meta.json ({exc})") from exc

@@ -12,7 +12,6 @@ from PIL import Image
 
 from jfdeploy.datasets import (
     Sequence,
-    compare_folders,
     davis,
     generic,
     mask_path,
@@ -24,6 +23,7 @@ from jfdeploy.datasets import (
 from jfdeploy.errors import InputError
 from jfdeploy.io.masks import davis_palette, read_label_png, write_label_png
 from jfdeploy.metrics import evaluate_sequence, summarize
+from jfdeploy.scoring import compare_folders
 
 H, W = 24, 32
 # a palette other than DAVIS's, to check that the annotation's own palette is kept
@@ -499,8 +499,8 @@ def test_compare_davis2016_binary(tmp_path: Path) -> None:
 
 
 def test_compare_youtube_seen_unseen(tmp_path: Path) -> None:
-    from jfdeploy.datasets import compare_youtube, read_categories
     from jfdeploy.metrics import db_eval_iou, f_measure
+    from jfdeploy.scoring import compare_youtube, read_categories
 
     meta = {"videos": {
         "v1": {"objects": {"1": {"category": "cat", "frames": ["00000", "00005", "00010"]}}},
