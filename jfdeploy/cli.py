@@ -17,19 +17,10 @@ import warnings
 from pathlib import Path
 
 from jfdeploy.backends import BACKENDS
+from jfdeploy.bench import VARIANTS
 from jfdeploy.errors import JfDeployError
 
 EXIT_USAGE = 2
-VARIANT_NAMES = (
-    "eager",
-    "eager-amp",
-    "torch",
-    "torch-fp16",
-    "torch+triton",
-    "torch-fp16+triton",
-    "onnxruntime",
-    "tensorrt",
-)  # fmt: skip (jfdeploy.bench.VARIANTS, without importing it for --help)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark backends side by side with eager PyTorch in the paper's Table 9 setting: "
         "shorter side 480 on a 16:9 clip, a memory frame every 5 frames, top-k 120 over all references, "
         "Ours-1 / Ours-3. Each row runs in a fresh process (its own peak memory). Without a GPU the "
-        "defaults shrink to a CPU smoke run (96p). Backends: " + ", ".join(VARIANT_NAMES) + ".",
+        "defaults shrink to a CPU smoke run (96p). Backends: " + ", ".join(VARIANTS) + ".",
     )
     bench.add_argument("--backends", default=None, help="comma list (default: all available)")
     bench.add_argument("--refs", default="1,3", help="memory frames besides the previous one: Ours-N (default 1,3)")
@@ -454,7 +445,7 @@ def _int_list(text: str, what: str) -> list[int]:
 def cmd_bench(args: argparse.Namespace) -> None:
     import torch
 
-    from jfdeploy.bench import VARIANTS, format_markdown, run_bench, save_json, write_chart
+    from jfdeploy.bench import format_markdown, run_bench, save_json, write_chart
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.startswith("cuda")

@@ -31,13 +31,12 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 
 def resolve_shape(stage: str, name: str, bound: dict[str, int]) -> tuple[int, ...]:
-    """A stage tensor's concrete shape from symbols bound by the inputs (derived sizes filled in)."""
-    values = dict(bound)
-    if "h16" not in values:
-        values["h16"], values["w16"] = values["height"] // 16, values["width"] // 16
-    h16, w16 = values["h16"], values["w16"]
-    values.update(height=16 * h16, width=16 * w16, h8=2 * h16, w8=2 * w16, h4=4 * h16, w4=4 * w16, tokens=h16 * w16)
-    return tuple(d if isinstance(d, int) else values[d] for d in specs.SHAPES[stage][name])
+    """A stage tensor's concrete shape from the symbols its inputs bound (``specs.Size`` derives the rest)."""
+    h16 = bound["h16"] if "h16" in bound else bound["height"] // 16
+    w16 = bound["w16"] if "w16" in bound else bound["width"] // 16
+    slots = bound.get("ref_tokens", h16 * w16) // (h16 * w16)
+    size = specs.Size(objects=bound.get("objects", 1), height=16 * h16, width=16 * w16, slots=slots)
+    return specs.shape_at(stage, name, size)
 
 
 def bind_symbols(stage: str, inputs: tuple[torch.Tensor, ...]) -> dict[str, int]:
