@@ -5,7 +5,9 @@ dimension of ``export.specs`` dynamic (objects, frame height/width, reference to
 ``onnx.checker``, checked against TensorRT's ONNX operator support, and written with named
 inputs/outputs. ``fp16`` graphs are converted from the fp32 export by onnxconverter-common with
 LayerNormalization, Softmax, the top-k score path and the reductions kept in fp32
-(``export.precision``).
+(``export.precision``). Every graph is then simplified by onnxslim (constant folding, dead and
+duplicate nodes: memory_reader loses about 40% of its nodes) right before it is saved; without
+onnxslim the graphs are saved as traced, with a note, and the manifest says so.
 
 The top-k size is a constant of the graphs: frames must give the joint attention at least k
 reference tokens (checked by the runners from the manifest's ``limits``).
@@ -14,13 +16,12 @@ reference tokens (checked by the runners from the manifest's ``limits``).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,13 +29,37 @@ import torch
 from jfdeploy.errors import JfDeployError
 from jfdeploy.export import manifest as manifest_io
 from jfdeploy.export import specs
-from jfdeploy.fsutil import atomic_directory
+from jfdeploy.fsutil import atomic_directory, raise_if_interrupted
 from jfdeploy.model import JointFormer
 from jfdeploy.stages import STAGE_TYPES, build_stages
+
+if TYPE_CHECKING:
+    from jfdeploy.export.tensorrt import BuildSettings
 
 OPSET = 17  # LayerNormalization needs 17; TensorRT 10 parses 9..20
 PRECISIONS = ("fp32", "fp16")
 INITIAL_MEMORY_TOKEN = "initial_memory_token.npy"
+
+
+SLIM_MISSING = "onnxslim is not installed: graphs saved without simplification (pip install onnxslim)"
+
+
+def _import_onnxslim():
+    """The onnxslim module, or None when it is not installed (slimming is then skipped)."""
+    try:
+        import onnxslim
+    except ImportError:
+        return None
+    return onnxslim
+
+
+def slim_graph(graph, onnxslim, stage: str):
+    """``graph`` (onnx.ModelProto) simplified by onnxslim: constants folded, dead and duplicate nodes
+    removed, inputs/outputs (names, dynamic dimensions, dtypes) unchanged."""
+    slimmed = onnxslim.slim(graph)
+    if slimmed is None:  # onnxslim returns None when its own result check fails
+        raise JfDeployError(f"onnxslim could not simplify {stage}: export with slim=False (or without onnxslim)")
+    return slimmed
 
 
 def _import_onnx():
@@ -97,40 +122,58 @@ def export_engines(
     max_memory_frames: int = 3,
     example: specs.Size | None = None,
     checkpoint_sha256: str | None = None,
-    tensorrt: dict[str, Any] | None = None,
+    tensorrt: BuildSettings | None = None,
     overwrite: bool = False,
+    slim: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the engine directory of ``model`` and return its manifest.
 
     example: the size the stages are traced at (any valid one; the graphs are dynamic).
-    tensorrt: None for ONNX only, else keyword options of ``tensorrt_build.build_plans`` ({} = defaults)
-    to also build a TensorRT plan per stage (needs TensorRT and a GPU).
+    slim: simplify every graph with onnxslim before it is saved (skipped, with a note, when onnxslim is
+    not installed); the manifest records each graph's node count before and after.
+    tensorrt: None for ONNX only, else the settings of ``tensorrt.build_engine_dir``, which then also builds
+    a TensorRT plan per stage in the staging directory (needs TensorRT and a GPU; checked before exporting).
     """
     onnx = _import_onnx()
     from jfdeploy.export.precision import to_fp16
     from jfdeploy.export.trt_ops import check_graph
 
-    if tensorrt is not None and importlib.util.find_spec("tensorrt") is None:
-        raise JfDeployError("TensorRT is not installed: export --format onnx, or install TensorRT (GPU machine)")
     if precision not in PRECISIONS:
         raise JfDeployError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if next(model.parameters()).dtype != torch.float32:
         raise JfDeployError("export a float32 model (load_model gives one; --precision fp16 makes the fp16 graphs)")
     model = model.eval()
     slots = max_memory_frames + 1
+    if tensorrt is not None:  # before the export's minutes: buckets the graphs cannot run, no TensorRT, no GPU
+        from jfdeploy.export.tensorrt import BUILD_HINT, require_tensorrt
+
+        tensorrt.check(slots=slots, limits=token_limits(model))
+        require_tensorrt(hint=BUILD_HINT)
     example = example or example_size(model, slots)
     stages = build_stages(model)
     report = progress or (lambda message: None)
+    onnxslim = _import_onnxslim() if slim else None
+    slim_entry = {"tool": "onnxslim", "version": getattr(onnxslim, "__version__", None), "skipped": None}
+    if slim and onnxslim is None:
+        slim_entry["skipped"] = "onnxslim is not installed"
+        (progress or warnings.warn)(SLIM_MISSING)
+    elif not slim:
+        slim_entry["skipped"] = "disabled (slim=False)"
     stage_entries: dict[str, Any] = {}
     with atomic_directory(Path(out_dir), overwrite=overwrite) as staging:
         for stage in STAGE_TYPES:
+            raise_if_interrupted()  # a library may have swallowed the interrupt during the previous stage
             path = staging / f"{stage}.onnx"
             report(f"exporting {stage}")
             export_stage(stages[stage], stage, path, example)
             graph = onnx.load(str(path))
-            if precision == "fp16":
-                graph = to_fp16(graph)
+            if precision == "fp16":  # before slimming: onnxconverter-common 1.16 mis-types a slimmed graph's Casts
+                graph = to_fp16(graph)  # (onnxruntime refuses it), and it picks its fp32 blocks on the traced graph
+            nodes_before_slim = len(graph.graph.node)
+            if onnxslim is not None:  # last: folds what tracing and the fp16 conversion left (e.g. duplicate Casts)
+                graph = slim_graph(graph, onnxslim, stage)
+            if precision == "fp16" or onnxslim is not None:
                 onnx.save(graph, str(path))
             onnx.checker.check_model(str(path))
             problems = check_graph(graph)
@@ -141,6 +184,7 @@ def export_engines(
                 "inputs": _io_entries(graph.graph.input, stage),
                 "outputs": _io_entries(graph.graph.output, stage),
                 "nodes": len(graph.graph.node),
+                "nodes_before_slim": nodes_before_slim,
             }
         np.save(staging / INITIAL_MEMORY_TOKEN, model.convmae.cls_token.detach().float().cpu().numpy())
         manifest = {
@@ -152,15 +196,16 @@ def export_engines(
             "example_size": dataclasses.asdict(example),
             "checkpoint_sha256": checkpoint_sha256,
             "versions": manifest_io.package_versions(),
+            "slim": slim_entry,
             "stages": stage_entries,
             "initial_memory_token": INITIAL_MEMORY_TOKEN,
             "tensorrt": None,
         }
-        if tensorrt is not None:
-            from jfdeploy.export.tensorrt_build import build_plans
-
-            manifest["tensorrt"] = build_plans(staging, manifest, progress=report, **tensorrt)
         manifest_io.write_manifest(staging, manifest)
+        if tensorrt is not None:
+            from jfdeploy.export.tensorrt import build_engine_dir
+
+            build_engine_dir(staging, tensorrt, progress=report)
     return manifest_io.load_manifest(out_dir)
 
 

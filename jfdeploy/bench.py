@@ -18,6 +18,8 @@ import json
 import multiprocessing
 import os
 import platform
+import queue as queue_module
+import signal
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jfdeploy.fsutil import atomic_file, write_text_atomic
 
 PAPER = {  # Table 9(b), YouTube-VOS 2019 val, GPU not stated (the code mentions an A6000)
     1: {"fps": 6.7, "memory_mb": 4404},
@@ -180,6 +184,7 @@ def run_row(spec: RowSpec) -> tuple[dict[str, Any], np.ndarray]:
 
 
 def _run_in_child(spec: RowSpec, queue) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
     try:
         queue.put(("ok", *run_row(spec)))
     except Exception as exc:  # reported as a skipped row with its reason
@@ -187,13 +192,29 @@ def _run_in_child(spec: RowSpec, queue) -> None:
 
 
 def run_isolated(spec: RowSpec) -> tuple[dict[str, Any] | str, np.ndarray | None]:
-    """run_row in a fresh process (its own peak memory); an error comes back as its message."""
+    """run_row in a fresh process (its own peak memory); an error comes back as its message.
+
+    If the parent is interrupted (or the wait fails), the child is terminated, never left running.
+    """
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_run_in_child, args=(spec, queue))
     process.start()
-    status, payload, maps = queue.get()
-    process.join()
+    finished = False
+    try:
+        while True:
+            try:
+                status, payload, maps = queue.get(timeout=1.0)
+                break
+            except queue_module.Empty:
+                if not process.is_alive():
+                    finished = True
+                    return f"the benchmark process died (exit code {process.exitcode})", None
+        finished = True
+    finally:
+        if not finished:
+            process.terminate()
+        process.join()
     return (payload, maps) if status == "ok" else (str(payload), None)
 
 
@@ -269,7 +290,8 @@ def write_chart(rows: list[Row], path: Path) -> None:
         ax.set_xticks(range(len(done)), labels, rotation=60, ha="right", fontsize=7)
     fig.suptitle("jfdeploy bench")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path, suffix=Path(path).suffix or ".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -321,4 +343,4 @@ def run_bench(
 
 def save_json(path: Path, rows: list[Row], info: dict[str, Any], settings: dict[str, Any]) -> None:
     payload = {**info, "settings": settings, "paper": PAPER, "rows": [dataclasses.asdict(r) for r in rows]}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")

@@ -5,16 +5,15 @@ augmentation (shorter-side scale x horizontal flip, the paper's Table 8) runs it
 the probabilities are mapped back (unflipped, resized to the original size) and averaged, and the
 argmax is written with the dataset's labels. Objects that appear on later frames (YouTube-VOS) get
 their masks on those frames with only their labels valid. A sequence is written to a temporary
-folder and moved into place when complete, so an interrupted evaluation resumes where it stopped.
+folder and moved into place when complete, so an interrupted evaluation resumes where it stopped
+(and keeps only complete sequences).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from jfdeploy import fsutil
 from jfdeploy.errors import InputError
 from jfdeploy.io import (
     masks_to_labels,
@@ -103,42 +103,48 @@ def evaluate_dataset(
     write_masks,
     is_complete,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[str]:
-    """Segment every sequence not yet complete under ``out_root``; return the names (re)computed.
+    """Segment every sequence not yet complete under ``out_root`` (every one if ``overwrite``); return the
+    names (re)computed.
 
-    write_masks(root, sequence, index, labels) and is_complete(root, sequence) come from
-    ``jfdeploy.datasets`` (they know the layout).
+    write_masks(root, sequence, index, labels) -> path written (or None) and is_complete(root, sequence)
+    come from ``jfdeploy.datasets`` (they know the layout). Each sequence is written into a staging folder
+    and its folder renamed into place when complete (replacing what was there): an interruption keeps
+    the sequences already complete, and only those.
     """
     done = []
-    out_root.mkdir(parents=True, exist_ok=True)
-    pending = [s for s in sequences if not is_complete(out_root, s)]
+    fsutil.make_dirs(out_root)
+    pending = [s for s in sequences if overwrite or not is_complete(out_root, s)]
     for sequence in tqdm(pending, desc="sequences", unit="seq", disable=not progress):
-        staging = Path(tempfile.mkdtemp(dir=out_root.parent, prefix=f".{out_root.name}.partial-"))
+        staging = fsutil.new_staging_dir(out_root)
         try:
+            folders = set()
             for index, labels in segment_sequence(model, sequence, options):
+                fsutil.raise_if_interrupted()  # stop at once even if a library swallowed the interrupt
                 if sequence.save[index]:
-                    write_masks(staging, sequence, index, labels)
-            for source in staging.rglob("*.png"):  # move the complete sequence into place
-                target = out_root / source.relative_to(staging)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(source, target)
+                    written = write_masks(staging, sequence, index, labels)
+                    if written is not None:
+                        folders.add(Path(written).parent)
+            for folder in folders:  # the sequence's folder(s), each moved into place in one rename
+                target = out_root / folder.relative_to(staging)
+                fsutil.make_dirs(target.parent)
+                fsutil.commit(folder, target)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            fsutil.discard(staging)
         done.append(sequence.name)
     return done
 
 
 def write_scores(summary: dict[str, Any], out_dir: Path) -> None:
     """per-sequence CSV (J, F, J&F) and summary JSON, as the DAVIS benchmark reports them."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "per_sequence.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["sequence", "J", "F", "J&F"])
-        for name, scores in sorted(summary["sequences"].items()):
-            writer.writerow(
-                [name, f"{scores['J']:.4f}", f"{scores['F']:.4f}", f"{(scores['J'] + scores['F']) / 2:.4f}"]
-            )
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["sequence", "J", "F", "J&F"])
+    for name, scores in sorted(summary["sequences"].items()):
+        writer.writerow([name, f"{scores['J']:.4f}", f"{scores['F']:.4f}", f"{(scores['J'] + scores['F']) / 2:.4f}"])
+    fsutil.write_text_atomic(out_dir / "per_sequence.csv", table.getvalue())
+    fsutil.write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def check_scales(scales: Sequence[int]) -> tuple[int | None, ...]:

@@ -109,10 +109,11 @@ class ReferenceMemory:
         n = self.tokens_per_frame
         for slot, objs in by_slot.items():
             span = slice(slot * n, (slot + 1) * n)
-            index = slice(None) if len(objs) == self.num_objects else torch.tensor(objs, device=keys.device)
-            self.keys[:, index, :, span] = keys[:, index]
-            self.values[:, index, :, span] = values[:, index]
-            self.valid[index, span] = True
+            # runs of consecutive objects as slices: an index tensor would be a host-to-device copy per frame
+            for index in _runs(objs):
+                self.keys[:, index, :, span] = keys[:, index]
+                self.values[:, index, :, span] = values[:, index]
+                self.valid[index, span] = True
 
     def reference_times(self) -> list[list[int]]:
         """Per object, the frames it currently reads, in the published order (first, FIFO, temporary)."""
@@ -122,3 +123,14 @@ class ReferenceMemory:
             ordered = [slots.times[0], *sorted(fifo), slots.times[self.temporary_slot]]
             result.append([t for t in ordered if t is not None])
         return result
+
+
+def _runs(indices: list[int]) -> list[slice]:
+    """Ascending indices as slices of consecutive runs: [0, 1, 3] -> [slice(0, 2), slice(3, 4)]."""
+    runs: list[slice] = []
+    for i in indices:
+        if runs and runs[-1].stop == i:
+            runs[-1] = slice(runs[-1].start, i + 1)
+        else:
+            runs.append(slice(i, i + 1))
+    return runs

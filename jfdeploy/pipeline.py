@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from jfdeploy.errors import InputError
-from jfdeploy.fsutil import atomic_directory
+from jfdeploy.fsutil import atomic_directory, raise_if_interrupted
 from jfdeploy.io import (
     OverlayWriter,
     labels_to_masks,
@@ -92,6 +92,9 @@ def segment_video(
         raise InputError(f"autocast must be one of {', '.join(AUTOCAST)}, got {options.autocast!r}")
     first_labels, object_ids, palette = read_first_mask(first_mask, source.size, options.max_objects)
     backend_options = {}
+    for name, value, default in (("autocast", options.autocast, "none"), ("attention", options.attention, "torch")):
+        if value != default and options.backend != "torch":
+            raise InputError(f"{name}={value!r} applies to backend 'torch' only, not {options.backend!r}")
     if options.autocast != "none":
         backend_options["autocast"] = AUTOCAST[options.autocast]
     if options.attention != "torch":
@@ -114,6 +117,7 @@ def segment_video(
         writer = stack.enter_context(OverlayWriter(overlay, source.fps, original_size)) if overlay else None
         bar = stack.enter_context(tqdm(total=len(source), unit="frame", disable=not progress, desc="segmenting"))
         for index, (name, rgb) in enumerate(source):
+            raise_if_interrupted()  # stop at once even if a library swallowed the interrupt
             resized = resize_shorter_side(rgb, options.size)
             frame = to_model_input(resized, dtype=dtype, device=device)
             mask = None

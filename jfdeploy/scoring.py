@@ -62,6 +62,8 @@ def compare_folders(
     Layout: ``pred_root/<seq>/<frame>.png`` and ``gt_root/<seq>/<frame>.png`` (e.g. ``gt_root`` =
     ``DAVIS/Annotations/480p``); palette, grayscale or DAVIS-coloured PNGs. Every ground-truth frame must
     have its prediction (extra predictions are ignored); the first and the last frame are not scored.
+    Two folders holding the PNGs themselves (e.g. two ``jfdeploy run`` outputs) are one sequence, named
+    after ``pred_root``.
 
     Args:
         pred_root: the predictions.
@@ -81,6 +83,15 @@ def compare_folders(
     pred_root, gt_root = Path(pred_root), Path(gt_root)
     require_dir(pred_root, "predictions folder")
     require_dir(gt_root, "ground-truth folder")
+    flat_pred, flat_gt = any(pred_root.glob("*.png")), any(gt_root.glob("*.png"))
+    if sequences is None and (flat_pred or flat_gt):
+        if not (flat_pred and flat_gt):
+            flat, nested = (pred_root, gt_root) if flat_pred else (gt_root, pred_root)
+            raise InputError(
+                f"{flat} holds PNG masks but {nested} does not: give two folders of masks, or two folders "
+                "of sequence folders (DAVIS layout)"
+            )
+        return summarize({pred_root.resolve().name: _evaluate_folder(pred_root, gt_root, binary)})
     if sequences is None:
         sequences = sorted(
             (d.name for d in pred_root.iterdir() if d.is_dir() and any(d.glob("*.png"))), key=natural_key

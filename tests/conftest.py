@@ -57,6 +57,28 @@ def model64(model32) -> jfdeploy.JointFormer:
     return copy.deepcopy(model32).double()
 
 
+@pytest.fixture(scope="session")
+def engines32(model32, tmp_path_factory) -> Path:
+    """fp32 engine directory of ``model32`` (the golden memory size), exported once per session (needs onnx)."""
+    pytest.importorskip("onnx", reason="ONNX export needs: pip install 'jfdeploy[onnx]'")
+    from jfdeploy.export.onnx_export import export_engines
+
+    out = tmp_path_factory.mktemp("engines") / "fp32"
+    export_engines(model32, out, max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES)
+    return out
+
+
+@pytest.fixture(scope="session")
+def engines16(model32, tmp_path_factory) -> Path:
+    """fp16 engine directory of ``model32``, exported once per session (needs onnx, onnxconverter-common)."""
+    pytest.importorskip("onnx", reason="ONNX export needs: pip install 'jfdeploy[onnx]'")
+    from jfdeploy.export.onnx_export import export_engines
+
+    out = tmp_path_factory.mktemp("engines") / "fp16"
+    export_engines(model32, out, precision="fp16", max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _quiet_random_weight_warning():
     with warnings.catch_warnings():

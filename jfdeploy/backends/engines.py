@@ -6,14 +6,14 @@ backend "torch" (``StagedBackend``); they know the stages only by the manifest.
 - onnxruntime: one InferenceSession per stage. On the CPU, tensors go in and out as numpy views.
   On CUDA (onnxruntime-gpu), inputs and outputs are bound to torch CUDA tensors by address
   (I/O binding): stage outputs stay on the device and feed the next stage with no host copy.
-- tensorrt: one engine and execution context per stage, all on one CUDA stream; inputs and outputs
-  are torch CUDA tensors passed by address (``set_tensor_address``), outputs allocated per shape.
-  torch is the device-memory owner (not cuda-python/pycuda): it is already a dependency and its
-  caching allocator makes per-shape output buffers cheap.
+- tensorrt: one plan per stage (built by ``jfdeploy build``) run by Polygraphy's TrtRunner, fed torch
+  CUDA tensors and returning torch CUDA tensors (no host copies; see ``TrtStage``); one optimization
+  profile per resolution bucket, chosen per call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,9 @@ import torch
 from jfdeploy.backends.staged import StagedBackend
 from jfdeploy.errors import InputError, JfDeployError
 from jfdeploy.export import specs
-from jfdeploy.export.manifest import check_tensorrt_plans, load_manifest
+from jfdeploy.export.manifest import EngineError, check_tensorrt_plans, load_manifest
 from jfdeploy.export.onnx_export import frame_tokens_needed
+from jfdeploy.export.tensorrt import manifest_profiles, polygraphy_errors, require_tensorrt, select_profile
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "bool": torch.bool}
 
@@ -97,61 +98,64 @@ def _numpy_dtype(dtype: torch.dtype):
 
 
 class TrtStage:
-    """One TensorRT engine; torch CUDA tensors by address, on the backend's single CUDA stream."""
+    """One TensorRT plan run by Polygraphy's TrtRunner; torch CUDA tensors in and out, no host copies.
 
-    def __init__(self, path: Path, stage: str, runtime, stream: torch.cuda.Stream) -> None:
-        import tensorrt as trt
+    The inputs are fed as torch CUDA tensors: TrtRunner binds their addresses as they are. With
+    ``copy_outputs_to_host=False`` it returns torch CUDA tensors that view its own output buffers,
+    which its next call reuses (and may resize): each output is cloned on the device. The runner
+    enqueues on its own CUDA stream, made to wait for torch's current stream first, and synchronizes
+    that stream before returning. The optimization profile (resolution bucket) is chosen per call
+    from the profiles recorded in the manifest.
+    """
+
+    def __init__(
+        self, path: Path, stage: str, entry: dict[str, Any], profiles: list[dict], device: torch.device
+    ) -> None:
+        from polygraphy.backend.trt import EngineFromPath, TrtRunner
 
         self.stage = stage
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
-            raise JfDeployError(f"TensorRT could not deserialize {path}")
-        self.context = self.engine.create_execution_context()
-        self.stream = stream
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        self.device = device
+        self.profiles = profiles
+        self.input_dtypes = {i["name"]: TORCH_DTYPES[i["dtype"]] for i in entry["inputs"]}
         self.profile: int | None = None
+        self.runner = TrtRunner(EngineFromPath(str(path)), name=f"jfdeploy-{stage}")
+        with torch.cuda.device(device), polygraphy_errors(f"TensorRT could not load {path.name}"):
+            self.runner.activate()
+        built = self.runner.engine.num_optimization_profiles
+        if built != len(profiles):
+            self.close()
+            raise EngineError(f"{path.name} has {built} optimization profiles, the manifest lists {len(profiles)}")
 
-    def _select_profile(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        """Switch to the first optimization profile (resolution bucket) that holds these input shapes."""
-        for index in range(self.engine.num_optimization_profiles):
-            ranges = {n: self.engine.get_tensor_profile_shape(n, index) for n in self.input_names}
-            if all(
-                all(lo <= d <= hi for lo, d, hi in zip(ranges[n][0], shapes[n], ranges[n][2], strict=True))
-                for n in self.input_names
-            ):
-                if index != self.profile:
-                    self.context.set_optimization_profile_async(index, self.stream.cuda_stream)
-                    self.profile = index
-                return
-        raise InputError(f"stage {self.stage}: input shapes {shapes} are outside every TensorRT profile")
+    def close(self) -> None:
+        if self.runner.is_active:
+            self.runner.deactivate()
+
+    def __del__(self) -> None:  # free the context and buffers with the backend (Polygraphy warns otherwise)
+        if hasattr(self, "runner"):
+            with contextlib.suppress(Exception):  # at interpreter exit CUDA may already be gone
+                self.close()
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        tensors = dict(zip(specs.input_names(self.stage), inputs, strict=True))
-        self.stream.wait_stream(torch.cuda.current_stream())  # inputs written on torch's stream
-        self._select_profile({n: tuple(tensors[n].shape) for n in self.input_names})
-        with torch.cuda.stream(self.stream):
-            for name in self.input_names:
-                tensor = tensors[name].to(self.dtypes[name]).contiguous()
-                tensors[name] = tensor  # keep alive until the enqueue
-                self.context.set_input_shape(name, tuple(tensor.shape))
-                self.context.set_tensor_address(name, tensor.data_ptr())
-            outputs = []
-            for name in self.output_names:
-                output = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
-                self.context.set_tensor_address(name, output.data_ptr())
-                outputs.append(output)
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise JfDeployError(f"TensorRT failed to run stage {self.stage}")
-        torch.cuda.current_stream().wait_stream(self.stream)
-        order = {name: output for name, output in zip(self.output_names, outputs, strict=True)}
-        return tuple(order[name] for name in specs.output_names(self.stage))
-
-
-def _torch_dtype(trt, dtype) -> torch.dtype:
-    return {trt.float32: torch.float32, trt.float16: torch.float16, trt.bool: torch.bool}[dtype]
+        feed = {
+            name: tensor.to(self.device, self.input_dtypes[name]).contiguous()
+            for name, tensor in zip(specs.input_names(self.stage), inputs, strict=True)
+        }
+        shapes = {name: tuple(tensor.shape) for name, tensor in feed.items()}
+        index = select_profile(self.profiles, shapes, self.profile)
+        if index < 0:
+            raise InputError(
+                f"stage {self.stage}: input shapes {shapes} fit no optimization profile of these TensorRT plans "
+                "(frame sizes, objects and memory slots of `jfdeploy build --profile/--max-objects`): rebuild them"
+            )
+        with torch.cuda.device(self.device):
+            torch.cuda.ExternalStream(self.runner.stream.ptr).wait_stream(torch.cuda.current_stream())
+            if index != self.profile:
+                self.runner.set_profile(index)  # set_optimization_profile_async on the runner's stream
+                for name, shape in shapes.items():  # every input shape under the new profile (Polygraphy
+                    self.runner.context.set_input_shape(name, shape)  # sets only those it sees change)
+                self.profile = index
+            outputs = self.runner.infer(feed, check_inputs=False, copy_outputs_to_host=False)
+            return tuple(outputs[name].clone() for name in specs.output_names(self.stage))
 
 
 class EngineBackend(StagedBackend):
@@ -191,18 +195,14 @@ def engine_backend(
             for stage, entry in manifest["stages"].items()
         }
     elif kind == "tensorrt":
-        try:
-            import tensorrt as trt
-        except ImportError as exc:
-            raise JfDeployError("backend tensorrt needs TensorRT (pip install tensorrt, on a CUDA machine)") from exc
-        if not torch.cuda.is_available():
-            raise JfDeployError("backend tensorrt needs a CUDA GPU")
+        trt = require_tensorrt("backend tensorrt", hint=" (pip install tensorrt, on the GPU machine)")
         target = torch.device(device or "cuda")
         check_tensorrt_plans(manifest, tensorrt_version=trt.__version__, gpu=torch.cuda.get_device_name(target))
         plans = manifest["tensorrt"]["plans"]
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        stream = torch.cuda.Stream(target)
-        runners = {stage: TrtStage(directory / plans[stage], stage, runtime, stream) for stage in manifest["stages"]}
+        runners = {
+            stage: TrtStage(directory / plans[stage], stage, entry, manifest_profiles(manifest, stage), target)
+            for stage, entry in manifest["stages"].items()
+        }
     else:
         raise InputError(f"unknown engine backend {kind!r}")
     backend = EngineBackend(runners, manifest, token.to(target), max_memory_frames=max_memory_frames)

@@ -8,7 +8,6 @@ PASCAL-VOC/DAVIS palette unless a mask came with its own, which is then kept.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from jfdeploy.errors import InputError
+from jfdeploy.fsutil import atomic_file
 
 PALETTE_SIZE = 256 * 3
 
@@ -123,15 +123,8 @@ def write_label_png(path: str | os.PathLike[str], labels: np.ndarray, palette: b
         labels = labels.astype(np.uint8)
     image = Image.fromarray(np.ascontiguousarray(labels))  # mode L; putpalette makes it P, values kept
     image.putpalette(davis_palette() if palette is None else bytes(palette))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.png")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, suffix=".tmp.png") as tmp:
+        image.save(tmp, format="PNG")
     return path
 
 

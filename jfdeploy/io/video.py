@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from jfdeploy.errors import InputError
+from jfdeploy.fsutil import commit, discard, new_temp_file
 from jfdeploy.io.masks import palette_array
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -284,12 +284,9 @@ class Mp4Encoder:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.path = Path(path)
         self.size = (int(size[0]), int(size[1]))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".tmp.mp4")
-        os.close(fd)
-        self.tmp_path = Path(tmp)
+        self.tmp_path = new_temp_file(self.path, suffix=".tmp.mp4")  # registered: removed if the command fails
         try:
-            self._container = av.open(tmp, mode="w", format="mp4")
+            self._container = av.open(str(self.tmp_path), mode="w", format="mp4")
             codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
             options = {"crf": str(crf), "preset": "veryfast"} if codec == "libx264" else {}
             rate = Fraction(fps).limit_denominator(1001)
@@ -327,7 +324,7 @@ class Mp4Encoder:
         try:
             self._container.mux(self._stream.encode(None))
             self._container.close()
-            os.replace(self.tmp_path, self.path)
+            commit(self.tmp_path, self.path)
         except BaseException:
             self.abort()
             raise
@@ -341,7 +338,7 @@ class Mp4Encoder:
                 container.close()
             except Exception:  # the file is being thrown away: a failing close changes nothing
                 pass
-        self.tmp_path.unlink(missing_ok=True)
+        discard(self.tmp_path)
 
 
 class OverlayWriter:

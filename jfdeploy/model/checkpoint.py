@@ -2,7 +2,9 @@
 
 Published checkpoints are plain state dicts with keys ``convmae.*`` and ``decoder.*`` (our module
 names are the published ones, so they load as they are). Tolerated wrappers: a ``module.`` prefix
-(DataParallel), ``{"model": ...}`` / ``{"state_dict": ...}``. A single-object checkpoint (reference
+(DataParallel), ``{"model": ...}`` / ``{"state_dict": ...}``, and the published training code's
+checkpoints ``{"it": int, "network": state_dict, "optimizer": ..., "scheduler": ...}`` (only the
+network is read; still weights-only loading). A single-object checkpoint (reference
 patch embed with 4 input channels) gets a 5th channel the way the published loader adds it: a
 truncated normal with std 0.02 (seeded here, so a conversion is reproducible).
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import warnings
 import zlib
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from jfdeploy.errors import CheckpointError
+from jfdeploy.fsutil import atomic_file
 from jfdeploy.model.config import ModelConfig
 from jfdeploy.model.jointformer import JointFormer
 
@@ -53,7 +55,7 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> StateDict:
             raise CheckpointError(f"jfdeploy checkpoint version {loaded.get('version')} is not {FORMAT_VERSION}")
         loaded = loaded["state_dict"]
     else:
-        for wrapper in ("model", "state_dict"):
+        for wrapper in ("network", "model", "state_dict"):  # network: the published trainer's checkpoints
             if wrapper in loaded and isinstance(loaded[wrapper], Mapping):
                 loaded = loaded[wrapper]
                 break
@@ -192,12 +194,5 @@ def save_checkpoint(model: JointFormer, path: str | os.PathLike) -> None:
         "config": dataclasses.asdict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
