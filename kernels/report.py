@@ -392,7 +392,9 @@ def _report_in_child(archs: Sequence[str], cases: Sequence[Case], shape: Shape) 
     command += ["--shape", json.dumps(dataclasses.asdict(shape)), "--head-dim", str(shape.head_dim)]
     for case in cases:
         command += ["--case", str(case)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    # from a neutral folder: `-m` puts the working directory first on sys.path, and a source checkout there
+    # (jfdeploy/ without kernels/, mapped in only at install time) would shadow the installed package
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     if result.returncode != 0:
         raise JfDeployError(f"the kernel report failed:\n{result.stderr.strip()[-2000:]}")
     return json.loads(result.stdout)

@@ -84,3 +84,14 @@ def _quiet_random_weight_warning():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="NO CHECKPOINT GIVEN")
         yield
+
+
+# the slow tier: tests that need an exported engine directory or the float64 run of the golden clip
+# (minutes each on 2 cores); `pytest -m "not slow"` is the quick tier, plain `pytest` runs everything
+SLOW_FIXTURES = {"engines32", "engines16", "float64_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -11,6 +11,7 @@ from jfdeploy.bench import Row, format_markdown, mean_iou
 from jfdeploy.cli import main
 
 
+@pytest.mark.slow
 def test_bench_smoke_writes_table_json_and_chart(tmp_path, capsys):
     out_json, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     settings = ["--refs", "1", "--resolution", "64", "--frames", "5", "--warmup", "2", "--mem-every", "2"]

@@ -295,3 +295,11 @@ def test_eval_overwrite_recomputes_complete_sequences(clip, tmp_path):
     again = jfdeploy(*args, "--overwrite")
     assert again.returncode == 0 and "1 sequence(s) segmented, 0 already complete" in again.stdout, again.stderr
     np.testing.assert_array_equal(np.array(Image.open(mask)), computed)
+
+
+def test_check_exits_1_when_an_output_is_out_of_tolerance(engines16):
+    result = jfdeploy("check", engines16, "--atol", "1e-12", "--rtol", "0", "--runners", "torch,onnxruntime")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("jfdeploy check: error: ")
+    assert "| NO |" in result.stdout  # the table is printed before the verdict

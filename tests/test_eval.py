@@ -28,6 +28,7 @@ def eval_args(dataset, root, out, checkpoint, *extra):
             "--topk", "20", "--size", "0", "--quiet", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_davis_eval_scores_resumes_and_compares(checkpoint, tmp_path, capsys):
     root, out = _make_davis2017(tmp_path / "DAVIS", frames=4), tmp_path / "out"
     assert main(eval_args("davis2017", root, out, checkpoint)) == 0
@@ -59,6 +60,7 @@ def test_davis_eval_scores_resumes_and_compares(checkpoint, tmp_path, capsys):
     assert "J&F" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_youtube_eval_handles_objects_appearing_later(checkpoint, tmp_path, capsys):
     root, out = _make_youtube(tmp_path / "YTVOS"), tmp_path / "out"
     assert main(eval_args("youtubevos2019", root, out, checkpoint)) == 0
@@ -70,6 +72,7 @@ def test_youtube_eval_handles_objects_appearing_later(checkpoint, tmp_path, caps
     assert not (out / "summary.json").exists()  # YouTube-VOS is scored by its server
 
 
+@pytest.mark.slow
 def test_test_time_augmentation_keeps_shapes(model32, tmp_path):
     sequence = davis(_make_davis2017(tmp_path / "DAVIS", frames=3), sequences=["car"])[0]
     plain = dict(segment_sequence(model32, sequence, EvalOptions(scales=(None,))))

@@ -41,6 +41,7 @@ def test_manifest_describes_the_directory(engines32):
     assert reader["inputs"][1]["shape"] == [11, "objects", 12, "ref_tokens", 64]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["engines32", "engines16"])
 def test_every_graph_is_valid_and_parseable_by_tensorrt(fixture, request):
     directory = request.getfixturevalue(fixture)
@@ -87,6 +88,7 @@ def test_fp16_keeps_layer_norm_softmax_and_topk_scores_in_fp32(engines16):
     assert any(types.get(n.output[0]) == TensorProto.FLOAT16 for n in matmuls)  # the rest is fp16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["engines32", "engines16"])
 def test_graphs_are_slimmed_and_the_manifest_counts_their_nodes(fixture, request):
     pytest.importorskip("onnxslim", reason="graph simplification needs: pip install onnxslim")
@@ -188,6 +190,7 @@ def test_tensorrt_without_tensorrt_says_so(model32, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.slow
 def test_cli_export_check_and_run_with_engines(model32, tmp_path, capsys):
     checkpoint = tmp_path / "model.pth"
     jfdeploy.save_checkpoint(model32, checkpoint)
