@@ -1,1 +1,1 @@
-"""ONNX / TensorRT export of the stage modules (installed as ``jfdeploy.export``): issue 5."""
+"""ONNX / TensorRT export of the stage modules (installed as ``jfdeploy.export``)."""

@@ -1,7 +1,7 @@
 """Which ONNX nodes TensorRT's ONNX parser accepts: a table and a checker that need no TensorRT.
 
 Source: onnx-tensorrt ``docs/operators.md`` (branch 10.1-GA, the parser of TensorRT 10.x) and the
-TensorRT 11 ONNX opset guide, as summarized in ``shared/tensorrt_facts.md`` §4. TensorRT 10.0 parses
+TensorRT 11 ONNX opset guide. TensorRT 10.0 parses
 opsets 9..20, TensorRT 11 up to 25. Only the operators jfdeploy's graphs can contain are listed,
 with the restrictions the parser documents for them; a node of any other type is reported.
 """
