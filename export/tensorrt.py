@@ -30,7 +30,6 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,7 @@ from jfdeploy.errors import InputError, JfDeployError
 from jfdeploy.export import specs
 from jfdeploy.export.manifest import EngineError, load_manifest, replace_manifest
 from jfdeploy.export.onnx_export import frame_tokens_needed
-from jfdeploy.fsutil import sha256_file
+from jfdeploy.fsutil import discard, new_staging_dir, sha256_file
 
 TIMING_CACHE = "timing.cache"  # default timing cache, beside the plans (not hashed: a build input, not an engine)
 ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # (min, opt, max) of one input
@@ -266,7 +265,7 @@ def build_engine_dir(
     cache = Path(settings.timing_cache) if settings.timing_cache is not None else directory / TIMING_CACHE
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache_work = cache.parent / f".{cache.name}.{os.getpid()}.partial"  # Polygraphy reads, rewrites (and locks) it
-    work = Path(tempfile.mkdtemp(dir=directory, prefix=".tensorrt-build-"))  # the plans until they are installed
+    work = new_staging_dir(directory / "tensorrt-build")  # the plans until they are installed
     stages = list(manifest["stages"])
     built: dict[str, Path] = {}
     seconds: dict[str, float] = {}
@@ -314,7 +313,7 @@ def build_engine_dir(
             os.replace(cache_work, cache)
         cache_work.unlink(missing_ok=True)
         Path(f"{cache_work}.lock").unlink(missing_ok=True)
-        shutil.rmtree(work, ignore_errors=True)
+        discard(work)
     progress(f"TensorRT {trt.__version__} plans for {gpu} -> {directory}")
     return manifest
 
