@@ -265,16 +265,16 @@ skipped_backends=()
 if [ "$HAS_JF" != yes ]; then
   record bench skipped 0 "jfdeploy does not import"
 elif [ "$TINY" != 1 ] && [ "$CUDA" != yes ]; then
-  record bench skipped 0 "no CUDA device: the 480p rows are GPU figures (CPU smoke: jfdeploy bench --resolution 96)"
+  record bench skipped 0 "no CUDA device: the 480p rows are GPU figures (CPU smoke: jfdeploy bench --size 96)"
 else
   if [ "$TINY" = 1 ]; then
     backends=(eager torch)
-    bench_args=(--device cpu --resolution 64 --frames 3 --warmup 1)
+    bench_args=(--device cpu --size 64 --frames 3 --warmup 1)
     refs_list=(1)
   else
-    backends=(eager eager-amp torch torch-fp16)
-    if have triton; then backends+=(torch+triton torch-fp16+triton); else
-      skipped_backends+=("torch+triton, torch-fp16+triton: triton does not import"); fi
+    backends=(eager eager-fp16 torch torch-fp16 torch-bf16)
+    if have triton; then backends+=(torch-triton torch-fp16-triton); else
+      skipped_backends+=("torch-triton, torch-fp16-triton: triton does not import"); fi
     engines=()
     if have tensorrt polygraphy onnx onnxconverter_common; then  # plans + their ONNX graphs: both engine rows
       run_step export-tensorrt 150 "$BENCH_LOG" "$PY" -m jfdeploy.cli export --precision fp16 --format tensorrt \

@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from jfdeploy.precision import precision_dtype
+
 GPU = torch.cuda.is_available()
 if not GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -83,7 +85,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = precision_dtype(args.dtype)
     device = "cuda" if GPU else "cpu"
     n = args.tokens
     rows = []

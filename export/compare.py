@@ -40,8 +40,8 @@ from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.exception import PolygraphyException
 from polygraphy.logger import G_LOGGER
 
+from jfdeploy import specs
 from jfdeploy.errors import InputError, JfDeployError
-from jfdeploy.export import specs
 from jfdeploy.stages import STAGE_TYPES, build_stages
 
 # default tolerances by engine precision: (atol, rtol); fp16 graphs run in half precision
@@ -82,6 +82,7 @@ class Tolerances:
 
     def of(self, stage: str, output: str) -> tuple[float, float]:
         """(atol, rtol) of one output: ``stage.output`` over ``output`` over the global values."""
+        assert self.atol is not None and self.rtol is not None, "with_defaults() fills the global values first"
 
         def pick(default: float, by_output: Mapping[str, float]) -> float:
             return by_output.get(f"{stage}.{output}", by_output.get(output, default))
@@ -291,7 +292,13 @@ class StageRunners:
             if kind == "onnxruntime":
                 runners.append(self._onnxruntime(stage))
                 continue
-            call = self._torch_stages[stage] if kind == "torch" else self._tensorrt.runners[stage]
+            call: Callable[..., Any]
+            if kind == "torch":
+                assert self._torch_stages is not None  # built when "torch" is among the kinds
+                call = self._torch_stages[stage]
+            else:
+                assert self._tensorrt is not None  # loaded when "tensorrt" is among the kinds
+                call = self._tensorrt.runners[stage]
             device = runner_device(kind, self.device)
             runners.append(TensorCallRunner(kind, call, _stage_inputs(stage), outputs, device))
         return runners
@@ -365,15 +372,16 @@ def _compare(run_results, tolerances: Tolerances, stage: str, outputs: Sequence[
             for output in outputs:
                 result = matches.get(output, False)
                 atol, rtol = tolerances.of(stage, output)
-                metrics = (result.max_absdiff, result.max_reldiff, result.mean_absdiff) if hasattr(
-                    result, "max_absdiff") else (None, None, None)  # fmt: skip
+                metrics: tuple[float | None, float | None, float | None] = (None, None, None)  # shapes differ
+                if hasattr(result, "max_absdiff"):
+                    metrics = (result.max_absdiff, result.max_reldiff, result.mean_absdiff)
                 check = OutputCheck(stage, output, f"{runner} vs {reference}", *metrics, atol, rtol, bool(result))
                 rows.append((index, check))
     rows.sort(key=lambda item: item[0])  # stable: iteration, then pair, then output
     return [check for _, check in rows]
 
 
-def _run(runners, feeds: list[dict[str, np.ndarray]]):
+def _run(runners, feeds: Sequence[Mapping[str, np.ndarray]]):
     try:
         with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):  # the table is the report; no Polygraphy log
             return Comparator.run(runners, data_loader=feeds)
@@ -398,34 +406,31 @@ def check_stages(runners: StageRunners, size: specs.Size, tolerances: Tolerances
 
 @dataclass(frozen=True)
 class Clip:
-    """A generated clip for the drift check: normalized frames and the first frame's object masks."""
+    """A generated clip for the drift check: RGB frames and the first frame's label map."""
 
-    frames: list[np.ndarray]  # float32 [3, H, W] each
-    first_mask: np.ndarray  # float32 [objects, H, W]
+    frames: list[np.ndarray]  # uint8 [H, W, 3] each
+    first_labels: np.ndarray  # uint8 [H, W], objects 1..O
 
     @property
     def objects(self) -> int:
-        return self.first_mask.shape[0]
+        return int(self.first_labels.max())
 
 
 def make_drift_clip(frames: int, height: int, width: int, objects: int, seed: int = 0) -> Clip:
     from jfdeploy.io import make_clip
-    from jfdeploy.io.frames import to_model_input
-    from jfdeploy.io.masks import labels_to_masks
 
     if frames < 2:
         raise InputError(f"--frames must be >= 2 (the first frame only holds the given mask), got {frames}")
     if not 1 <= objects <= 5:
         raise InputError(f"--objects must be 1..5, got {objects}")
     rgb, labels = make_clip(num_frames=frames, height=height, width=width, num_objects=objects, seed=seed)
-    inputs = [to_model_input(image).numpy() for image in rgb]
-    return Clip(inputs, labels_to_masks(labels[0], list(range(1, objects + 1))))
+    return Clip(list(rgb), labels[0])
 
 
 def default_clip_size(manifest: Mapping[str, Any], kinds: Sequence[str]) -> tuple[int, int]:
     """The drift clip's size: with TensorRT the first profile's optimal frame size; else the smallest 16:9
     size from 128 x 224 up that holds the tokens the engines' constant top-k needs."""
-    from jfdeploy.export.onnx_export import frame_tokens_needed
+    from jfdeploy.limits import frame_tokens_needed
 
     profiles = _tensorrt_profiles(manifest)
     if "tensorrt" in kinds and profiles:
@@ -451,38 +456,35 @@ def _width_for(height: int) -> int:
     return 16 * round(height * 16 / 9 / 16)
 
 
-class SegmenterRunner(BaseRunner):
-    """One backend's whole frame loop as a Polygraphy runner: one iteration per frame, in order.
+class PredictorRunner(BaseRunner):
+    """One configuration's whole frame loop (``VideoPredictor``, as every verb runs it) as a Polygraphy
+    runner: one iteration per frame, in order. Stateful: activation makes a fresh predictor; the first
+    iteration gives it the first frame's label map."""
 
-    Stateful: activation makes a fresh ``Segmenter``; the first iteration gives it ``first_mask``.
-    """
-
-    def __init__(self, name: str, make_segmenter: Callable[[], Any]) -> None:
+    def __init__(self, name: str, make_predictor: Callable[[], Any]) -> None:
         super().__init__(name=name)
-        self._make_segmenter = make_segmenter
+        self._make_predictor = make_predictor
 
     def activate_impl(self):
-        self.segmenter = self._make_segmenter()
+        self.predictor = self._make_predictor()
 
     def get_input_metadata_impl(self):
         meta = TensorMetadata()
-        meta.add("frame", torch.float32, (3, "height", "width"))
-        meta.add("first_mask", torch.float32, ("objects", "height", "width"))
+        meta.add("frame", np.uint8, ("height", "width", 3))
+        meta.add("first_labels", np.uint8, ("height", "width"))
         return meta
 
     def infer_impl(self, feed_dict):
-        backend = self.segmenter.backend  # frames go in on its device, in its dtype
-        frame = torch.as_tensor(feed_dict["frame"]).to(backend.device, backend.dtype)
-        first = self.segmenter.num_objects == 0
-        mask = torch.as_tensor(feed_dict["first_mask"]).to(backend.device, backend.dtype) if first else None
+        first = not self.predictor.object_ids
         start = time.perf_counter()
-        prob = self.segmenter.step(frame, mask=mask)
-        output = prob.float().cpu().numpy()
+        result = self.predictor.step(feed_dict["frame"], feed_dict["first_labels"] if first else None,
+                                     probabilities=True)  # fmt: skip
+        output = result.probabilities.float().cpu().numpy()
         self.inference_time = time.perf_counter() - start
         return OrderedDict([(CLIP_OUTPUT, output)])
 
     def deactivate_impl(self):
-        del self.segmenter
+        del self.predictor
 
 
 def mask_agreement(prob: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -498,30 +500,33 @@ def mask_agreement(prob: np.ndarray, reference: np.ndarray) -> tuple[float, floa
     return float(np.mean(iou)), float(np.mean(labels != reference_labels))
 
 
-def segmenter_factories(kinds: Sequence[str], *, model, engines: Path, manifest: Mapping[str, Any],
-                        device: torch.device, mem_every: int) -> dict[str, Callable[[], Any]]:  # fmt: skip
-    """Runner name -> a function making a fresh ``jfdeploy.Segmenter`` of that backend (the engines' memory size)."""
-    from jfdeploy.segmenter import Segmenter
+def predictor_factories(kinds: Sequence[str], *, model, engines: Path | None, device: torch.device, mem_every: int,
+                        max_memory_frames: int) -> dict[str, Callable[[], Any]]:  # fmt: skip
+    """Runner name -> a function making a fresh ``VideoPredictor`` for it, at the clip's own size.
 
-    memory = manifest["memory"]["max_memory_frames"]
+    kinds: engine runners (onnxruntime, tensorrt: ``engines``) or configurations of the model
+    (``torch``, ``torch-bf16``, ``eager`` ...: variant names, see ``RunOptions.from_variant``).
+    """
+    from jfdeploy.predictor import ENGINE_BACKENDS, RunOptions, VideoPredictor
 
     def factory(kind: str) -> Callable[[], Any]:
-        if kind == "torch":
-            return lambda: Segmenter(model, mem_every=mem_every, max_memory_frames=memory, backend="torch")
-        target = runner_device(kind, device)
-        return lambda: Segmenter(None, mem_every=mem_every, max_memory_frames=memory, backend=kind,
-                                 engines=engines, device=target)  # fmt: skip
+        common: dict[str, Any] = {"mem_every": mem_every, "max_memory_frames": max_memory_frames, "sizes": (None,)}
+        if kind in ENGINE_BACKENDS:
+            options = RunOptions(backend=kind, engines=engines, device=str(runner_device(kind, device)), **common)
+            return lambda: VideoPredictor(None, options)
+        options = RunOptions.from_variant(kind, **common)
+        return lambda: VideoPredictor(model, options)
 
     return {kind: factory(kind) for kind in kinds}
 
 
 def check_drift(segmenters: Mapping[str, Callable[[], Any]], clip: Clip, tolerances: Tolerances) -> list[FrameCheck]:
-    """Run the clip through each segmenter (the first is the reference); one row per frame and pair.
+    """Run the clip through each predictor (the first is the reference); one row per frame and pair.
 
-    segmenters: runner name -> a function making a fresh ``jfdeploy.Segmenter`` of that backend.
+    segmenters: runner name -> a function making a fresh ``VideoPredictor`` (``predictor_factories``).
     """
-    runners = [SegmenterRunner(name, make) for name, make in segmenters.items()]
-    feeds = [OrderedDict([("frame", frame), ("first_mask", clip.first_mask)]) for frame in clip.frames]
+    runners = [PredictorRunner(name, make) for name, make in segmenters.items()]
+    feeds = [OrderedDict([("frame", frame), ("first_labels", clip.first_labels)]) for frame in clip.frames]
     run_results = _run(runners, feeds)
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
         compared = _compare(run_results, tolerances, CLIP, [CLIP_OUTPUT])

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from jfdeploy import manifest as manifest_io
+from jfdeploy import specs
 from jfdeploy.errors import JfDeployError
-from jfdeploy.export import manifest as manifest_io
-from jfdeploy.export import specs
 from jfdeploy.fsutil import atomic_directory, raise_if_interrupted
+from jfdeploy.limits import frame_tokens_needed, token_limits
 from jfdeploy.model import JointFormer
 from jfdeploy.stages import STAGE_TYPES, build_stages
 
@@ -87,29 +88,9 @@ def export_stage(module: torch.nn.Module, stage: str, path: Path, size: specs.Si
         )
 
 
-def token_limits(model: JointFormer) -> dict[str, Any]:
-    """What frame sizes the constant-k graphs accept.
-
-    Tracing fixes k (the reference clamps k to the candidates at trace time), so every top-k
-    candidate set must hold >= k tokens: the reference tokens (slots * tokens per frame) with
-    ``all_frames``; each frame's tokens with ``every_frame`` or with top-k on the memory token.
-    """
-    config = model.config
-    topk = config.topk if config.topk_block_indices else None
-    return {"topk": topk, "per_frame": config.topk_range == "every_frame" or config.topk_memory_token}
-
-
-def frame_tokens_needed(limits: dict[str, Any], slots: int) -> int:
-    """Fewest tokens per frame ((H/16) * (W/16)) the graphs can run with ``slots`` memory slots."""
-    topk = limits["topk"]
-    if topk is None:
-        return 1
-    return topk if limits["per_frame"] else -(-topk // slots)
-
-
 def example_size(model: JointFormer, slots: int) -> specs.Size:
     """A small square size at which every top-k candidate set holds >= k tokens (see token_limits)."""
-    needed = frame_tokens_needed(token_limits(model), slots)
+    needed = frame_tokens_needed(token_limits(model.config), slots)
     side = max(4, math.isqrt(needed - 1) + 1)
     return specs.Size(objects=2, height=16 * side, width=16 * side, slots=slots)
 
@@ -148,7 +129,7 @@ def export_engines(
     if tensorrt is not None:  # before the export's minutes: buckets the graphs cannot run, no TensorRT, no GPU
         from jfdeploy.export.tensorrt import BUILD_HINT, require_tensorrt
 
-        tensorrt.check(slots=slots, limits=token_limits(model))
+        tensorrt.check(slots=slots, limits=token_limits(model.config))
         require_tensorrt(hint=BUILD_HINT)
     example = example or example_size(model, slots)
     stages = build_stages(model)
@@ -192,7 +173,7 @@ def export_engines(
             "opset": OPSET,
             "model": dataclasses.asdict(model.config),
             "memory": {"max_memory_frames": max_memory_frames, "slots": slots},
-            "limits": token_limits(model),
+            "limits": token_limits(model.config),
             "example_size": dataclasses.asdict(example),
             "checkpoint_sha256": checkpoint_sha256,
             "versions": manifest_io.package_versions(),

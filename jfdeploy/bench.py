@@ -6,9 +6,10 @@ the previous frame) and Ours-3 (3 + previous), one object unless ``--objects`` s
 
 Each row (backend x refs x objects x resolution) runs in a fresh process, so that its peak memory is
 its own: ``torch.cuda.max_memory_allocated`` (and the process's memory from NVML when available) on
-a GPU, peak resident memory (VmHWM) on the CPU. Time per frame is one ``Segmenter.step`` (CUDA
-events on a GPU, wall clock on the CPU), warm-up frames excluded, on a clip long enough for the
-memory to be full. Masks are compared with the eager row's (mean IoU over objects and frames).
+a GPU, peak resident memory (VmHWM) on the CPU. Time per frame is one ``VideoPredictor.step`` (the
+frame loop every verb runs: RGB frame in, label map on the host out, so the wall clock includes the
+device's work), warm-up frames excluded, on a clip long enough for the memory to be full. Masks are
+compared with the eager row's (mean IoU over objects and frames).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import platform
 import queue as queue_module
 import signal
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,16 +34,20 @@ PAPER = {  # Table 9(b), YouTube-VOS 2019 val, GPU not stated (the code mentions
     1: {"fps": 6.7, "memory_mb": 4404},
     3: {"fps": 3.0, "memory_mb": 5785},
 }
-VARIANTS = {  # backend name -> (Segmenter backend, options, needs)
-    "eager": ("eager", {}, ()),
-    "eager-amp": ("eager", {}, ("cuda",)),
-    "torch": ("torch", {}, ()),
-    "torch-fp16": ("torch", {"autocast": "float16"}, ("cuda",)),
-    "torch+triton": ("torch", {"attention": "triton"}, ("cuda", "triton")),
-    "torch-fp16+triton": ("torch", {"autocast": "float16", "attention": "triton"}, ("cuda", "triton")),
-    "onnxruntime": ("onnxruntime", {}, ("engines",)),
-    "tensorrt": ("tensorrt", {}, ("cuda", "tensorrt", "engines")),
-}
+# the rows, by variant name (``RunOptions.from_variant``): BACKEND[-PRECISION][-triton]
+VARIANTS = (
+    "eager",
+    "eager-fp16",
+    "torch",
+    "torch-bf16",
+    "torch-fp16",
+    "torch-triton",
+    "torch-fp16-triton",
+    "onnxruntime",
+    "tensorrt",
+)
+# earlier spellings, still accepted on the command line
+VARIANT_ALIASES = {"eager-amp": "eager-fp16", "torch+triton": "torch-triton", "torch-fp16+triton": "torch-fp16-triton"}
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,11 @@ class RowSpec:
     checkpoint: str | None
     engines: str | None
     device: str
+    width: int | None = None  # None: 16:9
 
     @property
     def size(self) -> tuple[int, int]:
-        return self.shorter_side, round(self.shorter_side * 16 / 9)
+        return self.shorter_side, self.width or round(self.shorter_side * 16 / 9)
 
 
 @dataclass
@@ -80,15 +85,23 @@ class Row:
 
 
 def missing_requirement(variant: str, device: str, engines: str | None) -> str | None:
+    """Why ``variant`` cannot run here (None: it can)."""
     import importlib.util
 
-    for need in VARIANTS[variant][2]:
-        if need == "cuda" and not device.startswith("cuda"):
-            return "needs a CUDA GPU"
-        if need in ("triton", "tensorrt") and importlib.util.find_spec(need) is None:
-            return f"{need} not installed"
-        if need == "engines" and engines is None:
-            return "needs --engines DIR (jfdeploy export)"
+    from jfdeploy.precision import cpu_has_bf16
+    from jfdeploy.predictor import ENGINE_BACKENDS, RunOptions
+
+    options = RunOptions.from_variant(variant, engines=Path(engines) if engines else None)
+    cuda = device.startswith("cuda")
+    if options.backend in ENGINE_BACKENDS and engines is None:
+        return "needs --engines DIR (jfdeploy export)"
+    for package in ("tensorrt",) * (options.backend == "tensorrt") + ("triton",) * (options.attention == "triton"):
+        if importlib.util.find_spec(package) is None:
+            return f"{package} not installed"
+    if not cuda and (options.backend == "tensorrt" or options.attention == "triton" or options.precision == "fp16"):
+        return "needs a CUDA GPU"
+    if not cuda and options.precision == "bf16" and not cpu_has_bf16():
+        return "needs a CUDA GPU or a CPU with bf16 units"
     return None
 
 
@@ -124,55 +137,48 @@ def _nvml_process_mb() -> float | None:
 
 
 def run_row(spec: RowSpec) -> tuple[dict[str, Any], np.ndarray]:
-    """Run one row in this process: (row fields, label maps T x H x W of the timed frames)."""
+    """Run one row in this process: (row fields, label maps T x H x W of the timed frames).
+
+    The frames go through the one frame loop (``predict_frames``) at the clip's own size; a frame's
+    time is one predictor step, RGB frame in, label map on the host out.
+    """
     import warnings
 
     import torch
 
     import jfdeploy
-    from jfdeploy.io import make_clip, masks_to_labels, to_model_input
+    from jfdeploy.io import make_clip
+    from jfdeploy.predictor import ENGINE_BACKENDS, RunOptions, VideoPredictor, predict_frames
 
-    backend, options, _ = VARIANTS[spec.variant]
-    options = {k: getattr(torch, v) if k == "autocast" else v for k, v in options.items()}
     height, width = spec.size
     frames, labels = make_clip(num_frames=spec.frames, height=height, width=width, num_objects=spec.objects, seed=0)
-    object_ids = list(range(1, spec.objects + 1))
     device = torch.device(spec.device)
+    options = RunOptions.from_variant(
+        spec.variant,
+        engines=Path(spec.engines) if spec.engines else None,
+        mem_every=spec.mem_every,
+        max_memory_frames=spec.refs,
+        sizes=(None,),
+    )
     model = None
-    if backend in ("eager", "torch"):
+    if options.backend in ENGINE_BACKENDS:
+        options = dataclasses.replace(options, device=spec.device)
+    else:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="NO CHECKPOINT GIVEN")
             model = jfdeploy.load_model(spec.checkpoint, topk=spec.topk).to(device)
-    else:
-        options.update(engines=spec.engines, device=spec.device)
-    seg = jfdeploy.Segmenter(model, mem_every=spec.mem_every, max_memory_frames=spec.refs, backend=backend, **options)
-    first = torch.from_numpy((labels[0][None] == np.array(object_ids)[:, None, None]).astype(np.float32))
+    predictor = VideoPredictor(model, options)
     cuda = device.type == "cuda"
-    amp = spec.variant == "eager-amp"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     _reset_peak_rss()
     times, maps = [], []
-    for t in range(spec.frames):
-        frame = to_model_input(frames[t], device=device)
-        mask = first.to(device) if t == 0 else None
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        else:
-            began = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            prob = seg.step(frame, mask=mask, last=t == spec.frames - 1)
-        if cuda:
-            end.record()
-            torch.cuda.synchronize()
-            elapsed = start.elapsed_time(end)
-        else:
-            elapsed = (time.perf_counter() - began) * 1e3
-        if t >= spec.warmup:
-            times.append(elapsed)
-            maps.append(masks_to_labels(prob.float(), object_ids))
+    clip = ((f"{t:05d}", frames[t]) for t in range(spec.frames))
+    for result in predict_frames(predictor, clip, {0: labels[0]}, frame_count=spec.frames):
+        if result.index >= spec.warmup:
+            times.append(result.seconds * 1e3)
+            maps.append(result.labels)
     row = Row(spec.variant, spec.refs, spec.objects, f"{height}x{width}", frame_ms=times)
     row.fps = 1e3 / statistics.median(times)
     if cuda:
@@ -232,7 +238,7 @@ def mean_iou(a: np.ndarray, b: np.ndarray, objects: int) -> float:
 def environment(device: str) -> dict[str, Any]:
     import torch
 
-    from jfdeploy.export.manifest import package_versions
+    from jfdeploy.manifest import package_versions
 
     info: dict[str, Any] = {"platform": platform.platform(), "versions": package_versions(), "device": "CPU"}
     if device.startswith("cuda"):
@@ -262,9 +268,14 @@ def format_markdown(rows: list[Row], info: dict[str, Any]) -> str:
             lines.append(f"| {r.backend} | {r.refs} | {r.objects} | {r.resolution} | skipped: {r.skipped} |"
                          + " |" * 6)  # fmt: skip
             continue
+        assert r.fps is not None  # a row that ran has its FPS
         base = eager.get((r.refs, r.objects, r.resolution))
-        speed = f"{r.fps / base.fps:.2f}x" if base else "n/a"
-        memory = f"{r.peak_memory_mb / base.peak_memory_mb:.2f}x" if base and r.peak_memory_mb else "n/a"
+        speed = f"{r.fps / base.fps:.2f}x" if base and base.fps else "n/a"
+        memory = (
+            f"{r.peak_memory_mb / base.peak_memory_mb:.2f}x"
+            if base and base.peak_memory_mb and r.peak_memory_mb
+            else "n/a"
+        )
         iou = f"{r.mean_iou_vs_eager:.4f}" if r.mean_iou_vs_eager is not None else "n/a"
         peak = f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb else "n/a"
         lines.append(f"| {r.backend} | {r.refs} | {r.objects} | {r.resolution} | {r.fps:.2f} | {peak} | {speed} | "
@@ -330,6 +341,7 @@ def run_bench(
                     if reason is not None:
                         rows.append(Row(variant, n_refs, n_objects, resolution, skipped=reason))
                         continue
+                    assert isinstance(result, dict) and maps is not None  # run_isolated's "ok": fields and maps
                     row = Row(**result)
                     key = (n_refs, n_objects, side)
                     if variant == "eager":

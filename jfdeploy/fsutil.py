@@ -24,8 +24,10 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from jfdeploy.errors import InputError, Interrupted
 
@@ -87,7 +89,7 @@ def command_scope() -> Iterator[None]:
     Outside the main thread only the cleanup applies.
     """
     global _scope_depth
-    installed: dict[int, object] = {}
+    installed: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}  # signal -> previous handler
     if threading.current_thread() is threading.main_thread():
         for signum in _TERMINATION_SIGNALS:
             current = signal.getsignal(signum)
@@ -223,12 +225,24 @@ def commit(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     tmp, target = Path(tmp), Path(target)
     with signals_deferred():
         raise_if_interrupted()
-        if tmp.is_dir() and target.is_dir():
-            shutil.rmtree(target)
-        elif tmp.is_dir() and target.exists():
-            target.unlink()
-        os.replace(tmp, target)
+        old = None
+        if tmp.is_dir() and target.exists():
+            # the old target moves aside first: a crash between the renames leaves no half-deleted folder
+            # under the target's name, only a hidden ``.NAME.old-*`` (and no target: it is redone)
+            old = target.parent / f".{target.name}.old-{os.getpid()}-{id(tmp):x}"
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, target)  # the old target back: a failed commit changes nothing
+            raise
         unregister_unfinished(tmp)
+        if old is not None:
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
     return target
 
 

@@ -73,6 +73,7 @@ class ReferenceMemory:
         elif n != self.tokens_per_frame:
             raise ValueError(f"frame has {n} tokens, memory holds frames of {self.tokens_per_frame}")
         elif objects > self.num_objects:  # once per appearance of new objects, never per frame
+            assert self.values is not None and self.valid is not None  # allocated together with self.keys
             extra = objects - self.num_objects
             pad = keys.new_zeros((layers, extra, *self.keys.shape[2:]))
             self.keys = torch.cat([self.keys, pad], dim=1)
@@ -101,6 +102,7 @@ class ReferenceMemory:
         Objects new to the memory get the frame as their first memory frame.
         """
         self._grow(keys)
+        assert self.keys is not None and self.values is not None and self.valid is not None  # allocated by _grow
         by_slot: dict[int, list[int]] = {}
         for obj, slots in enumerate(self.objects):
             slot = self._slot_for(slots, permanent)

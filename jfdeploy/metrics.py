@@ -168,8 +168,8 @@ def _dilate_dense(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
             continue
         # split the row's set columns into contiguous runs [j0, j1]
         breaks = np.flatnonzero(np.diff(row) > 1)
-        starts = np.concatenate(([row[0]], row[breaks + 1]))
-        ends = np.concatenate((row[breaks], [row[-1]]))
+        starts = np.concatenate((row[:1], row[breaks + 1]))
+        ends = np.concatenate((row[breaks], row[-1:]))
         for j0, j1 in zip(starts.tolist(), ends.tolist(), strict=True):
             a, b = j0 - anchor_x, j1 - anchor_x
             hdil = runs_done.get((a, b))

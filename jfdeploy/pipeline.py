@@ -1,60 +1,34 @@
 """Segment a whole video: frames in, palette PNG masks (and an optional overlay video) out.
 
-What ``jfdeploy run`` and ``jfdeploy demo`` do, as a function: resize (shorter side, like the
-published evaluation), ImageNet normalization, the Segmenter loop, resize back to the original
-size, argmax to the mask's own labels, atomic output (a failure leaves no partial folder).
+What ``jfdeploy run``, ``demo`` and ``run-many`` do per video: the first mask checked against the
+frames, the frame loop of ``jfdeploy.predictor`` (resize, model, argmax to the mask's own labels at
+the original size), one palette PNG per frame, written atomically (a failure leaves no partial folder).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from jfdeploy.errors import InputError
-from jfdeploy.fsutil import atomic_directory, raise_if_interrupted
-from jfdeploy.io import (
-    OverlayWriter,
-    labels_to_masks,
-    masks_to_labels,
-    read_label_png,
-    resize_labels_nearest,
-    resize_prob,
-    resize_shorter_side,
-    to_model_input,
-    write_label_png,
-)
+from jfdeploy.fsutil import atomic_directory, make_dirs
+from jfdeploy.io import OverlayWriter, read_label_png, write_label_png
 from jfdeploy.io.video import FrameSource
 from jfdeploy.model import JointFormer
-from jfdeploy.segmenter import Segmenter
-
-AUTOCAST = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    mem_every: int = 5
-    max_memory_frames: int = 3
-    backend: str = "torch"
-    size: int | None = 480  # shorter side fed to the model; None or <= 0: original size
-    max_objects: int = 20
-    autocast: str = "none"  # torch backend: none / fp16 / bf16
-    attention: str = "torch"  # torch backend: top-k attention by PyTorch ops or the Triton kernel
-    engines: Path | None = None  # onnxruntime / tensorrt backends: the engine directory
-    device: str | None = None  # onnxruntime / tensorrt backends: where the stages run
+from jfdeploy.predictor import RunOptions, VideoPredictor, predict_frames
 
 
 @dataclass(frozen=True)
 class RunSummary:
     frames: int
     object_ids: list[int]
-    seconds: float  # model steps and resizing, without reading/writing files
+    seconds: float  # predictor steps (resizing, model, argmax), without reading/writing files
+    dropped: int = 0  # frames a real-time live source skipped because the model fell behind
 
     @property
     def fps(self) -> float:
@@ -76,62 +50,81 @@ def read_first_mask(path: str | os.PathLike, frame_size: tuple[int, int], max_ob
     return labels, object_ids, palette
 
 
+def read_prompts(path: str | os.PathLike, source: FrameSource, max_objects: int):
+    """The masks given for a video -> ({frame index: labels H x W uint8}, object ids, palette).
+
+    ``path``: the first frame's label PNG, or a folder of label PNGs named as frames (``00000.png``,
+    ``00012.png``, ...): each starts the objects new on its frame and corrects the known ones it shows.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        labels, object_ids, palette = read_first_mask(path, source.size, max_objects)
+        return {0: labels}, object_ids, palette
+    files = sorted(path.glob("*.png"))
+    if not files:
+        raise InputError(f"mask folder {path} holds no .png masks")
+    names = getattr(source, "names", None)
+    index_of = {name: i for i, name in enumerate(names)} if names and not getattr(source, "live", False) else None
+    prompts, object_ids, palette = {}, [], None
+    for file in files:
+        index = index_of.get(file.stem) if index_of is not None else (int(file.stem) if file.stem.isdigit() else None)
+        if index is None:
+            expected = f"named like {names[0]!r}" if names else "numbered from 0"
+            raise InputError(f"mask {file} names no frame of the video (frames are {expected})")
+        labels, ids, file_palette = read_first_mask(file, source.size, max_objects)
+        prompts[index] = labels
+        palette = palette if palette is not None else file_palette
+        object_ids += [i for i in ids if i not in object_ids]
+    if len(object_ids) > max_objects:
+        raise InputError(f"the masks in {path} have {len(object_ids)} objects, more than the limit of {max_objects}")
+    return dict(sorted(prompts.items())), sorted(object_ids), palette
+
+
 def segment_video(
     model: JointFormer | None,
     source: FrameSource,
     first_mask: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    options: RunOptions = RunOptions(),
+    options: RunOptions | None = None,
     overlay: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    predictor: VideoPredictor | None = None,
 ) -> RunSummary:
-    """Segment every frame of ``source`` from the objects of ``first_mask`` into ``out_dir``/NAME.png."""
-    if options.autocast not in AUTOCAST:
-        raise InputError(f"autocast must be one of {', '.join(AUTOCAST)}, got {options.autocast!r}")
-    first_labels, object_ids, palette = read_first_mask(first_mask, source.size, options.max_objects)
-    backend_options = {}
-    for name, value, default in (("autocast", options.autocast, "none"), ("attention", options.attention, "torch")):
-        if value != default and options.backend != "torch":
-            raise InputError(f"{name}={value!r} applies to backend 'torch' only, not {options.backend!r}")
-    if options.autocast != "none":
-        backend_options["autocast"] = AUTOCAST[options.autocast]
-    if options.attention != "torch":
-        backend_options["attention"] = options.attention
-    if options.engines is not None:
-        backend_options.update(engines=options.engines, device=options.device)
-    seg = Segmenter(
-        model,
-        mem_every=options.mem_every,
-        max_memory_frames=options.max_memory_frames,
-        backend=options.backend,
-        **backend_options,
-    )
-    dtype, device = seg.backend.dtype, seg.backend.device
-    original_size = source.size
+    """Segment every frame of ``source`` from the objects of ``first_mask`` into ``out_dir``/NAME.png.
+
+    ``first_mask``: the first frame's label PNG, or a folder of label PNGs named as frames (objects may
+    start on later frames; see ``read_prompts``).
+
+    A file or folder source is written atomically (``out_dir`` appears complete, or not at all); a live
+    source (camera, stream) writes each mask into ``out_dir`` as its frame comes, so an interrupt keeps
+    every mask written so far. ``predictor``: one already loaded (it is reset first), else one is made
+    from ``model`` and ``options``.
+    """
+    if predictor is None:
+        predictor = VideoPredictor(model, options or RunOptions())
+    else:
+        predictor.reset()
+    prompts, object_ids, palette = read_prompts(first_mask, source, predictor.options.max_objects)
+    frame_count, live = source.frame_count, source.live
     out_dir = Path(out_dir)
-    seconds = 0.0
+    seconds, frames = 0.0, 0
     with contextlib.ExitStack() as stack:
-        staging = stack.enter_context(atomic_directory(out_dir, overwrite=overwrite))
-        writer = stack.enter_context(OverlayWriter(overlay, source.fps, original_size)) if overlay else None
-        bar = stack.enter_context(tqdm(total=len(source), unit="frame", disable=not progress, desc="segmenting"))
-        for index, (name, rgb) in enumerate(source):
-            raise_if_interrupted()  # stop at once even if a library swallowed the interrupt
-            resized = resize_shorter_side(rgb, options.size)
-            frame = to_model_input(resized, dtype=dtype, device=device)
-            mask = None
-            if index == 0:
-                small = resize_labels_nearest(first_labels, resized.shape[:2])
-                mask = torch.from_numpy(labels_to_masks(small, object_ids)).to(device, dtype)
-            start = time.perf_counter()
-            prob = seg.step(frame, mask=mask, last=index == len(source) - 1)
-            prob = resize_prob(prob, original_size) if resized.shape[:2] != original_size else prob
-            labels = masks_to_labels(prob, object_ids)
-            seconds += time.perf_counter() - start
-            write_label_png(staging / f"{name}.png", labels, palette)
+        if live:
+            if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+                raise InputError(f"output {out_dir} exists and is not empty (a live source writes masks as they come)")
+            folder = make_dirs(out_dir)
+        else:
+            folder = stack.enter_context(atomic_directory(out_dir, overwrite=overwrite))
+        writer = stack.enter_context(OverlayWriter(overlay, source.fps, source.size)) if overlay else None
+        bar = stack.enter_context(tqdm(total=frame_count, unit="frame", disable=not progress, desc="segmenting"))
+        for result in predict_frames(predictor, source, prompts, frame_count=frame_count):
+            seconds += result.seconds
+            frames += 1
+            write_label_png(folder / f"{result.name}.png", result.labels, palette)
             if writer is not None:
-                writer.write(rgb, labels)
+                writer.write(result.rgb, result.labels)
             bar.update()
-            bar.set_postfix(fps=f"{(index + 1) / seconds:.2f}")
-    return RunSummary(frames=len(source), object_ids=object_ids, seconds=seconds)
+            bar.set_postfix(fps=f"{frames / seconds:.2f}")
+    return RunSummary(frames=frames, object_ids=object_ids, seconds=seconds, dropped=getattr(source, "dropped", 0))

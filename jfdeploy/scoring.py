@@ -142,7 +142,8 @@ def compare_youtube(
             scored = frames[1:]
             if not scored:
                 continue
-            j_values, f_values = [], []
+            j_values: list[float] = []
+            f_values: list[float] = []
             for frame in scored:
                 gt_file, pred_file = gt_root / vid / f"{frame}.png", pred_root / vid / f"{frame}.png"
                 for file in (gt_file, pred_file):
@@ -152,7 +153,7 @@ def compare_youtube(
                 pred, _ = read_label_png(pred_file)
                 if pred.shape != gt.shape:
                     raise InputError(f"{pred_file}: mask is {pred.shape}, ground truth {gt.shape}")
-                j_values.append(db_eval_iou(gt == obj_id, pred == obj_id))
+                j_values.append(float(db_eval_iou(gt == obj_id, pred == obj_id)))  # H x W masks: one float
                 f_values.append(f_measure(pred == obj_id, gt == obj_id))
             per_object[f"{vid}_{obj_id}"] = {
                 "category": category,

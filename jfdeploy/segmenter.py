@@ -73,10 +73,19 @@ class Segmenter:
         self.mem_every = mem_every
         self.max_memory_frames = max_memory_frames
         self.backend = make_backend(backend, model, max_memory_frames=max_memory_frames, **backend_options)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the objects and the memory (a new video); the backend's weights and engines stay loaded."""
+        self.backend.reset()
         self.time = -1  # index of the current frame, counted from the first mask
         self.last_memory_time = 0
-        self.num_objects = 0
         self.finished = False
+
+    @property
+    def num_objects(self) -> int:
+        """Objects tracked so far (the backend owns the count: one memory token per object)."""
+        return self.backend.num_objects
 
     def _check_frame(self, frame: torch.Tensor) -> None:
         dtype, device = self.backend.dtype, self.backend.device
@@ -124,7 +133,7 @@ class Segmenter:
             (1 + objects) x H x W probabilities, background first.
         """
         if self.finished:
-            raise InputError("step() after the last frame: create a new Segmenter for a new video")
+            raise InputError("step() after the last frame: reset() (or a new Segmenter) for a new video")
         self._check_frame(frame)
         label_list = None if labels is None else [int(label) for label in labels]
         if mask is not None:
@@ -153,7 +162,7 @@ class Segmenter:
                             given[row] = predicted[row]
             _, prob = soft_aggregate(given, dim=0)
             self.backend.add_objects(total_objects - self.backend.num_objects)
-            self.num_objects = total_objects
+        assert prob is not None  # without a mask: time > 0 and no labels (they come with a mask), so segmented
 
         if not last:
             self.backend.memorize(image, prob[1:], permanent=is_memory_frame, time=self.time)

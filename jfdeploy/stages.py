@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from jfdeploy.model import JointFormer
-from jfdeploy.model.attention import AttentionImpl
+from jfdeploy.model.attention import JointAttention, topk_joint_attention
 from jfdeploy.model.jointformer import to_map, to_tokens
 
 
@@ -75,14 +75,14 @@ class ReferenceEncoder(Stage):
 class MemoryReader(Stage):
     """The Joint Block stack readout: every object's current tokens read its cached references.
 
-    ``attention`` picks the top-k attention implementation: "torch" (reference, exportable) or
-    "triton" (the fused kernel of ``jfdeploy.kernels``).
+    ``attention``: the top-k joint attention it calls, ``topk_joint_attention`` (the reference, exportable)
+    by default; the runtime may give a fused kernel of the same signature (``joint_attention_impl``).
     """
 
     input_names = ("tokens", "reference_keys", "reference_values", "reference_valid")
     output_names = ("f16",)
 
-    def __init__(self, model: JointFormer, attention: AttentionImpl = "torch") -> None:
+    def __init__(self, model: JointFormer, attention: JointAttention = topk_joint_attention) -> None:
         super().__init__(model)
         self.attention = attention
 

@@ -38,13 +38,20 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
+from jfdeploy.precision import PRECISIONS
+
+if TYPE_CHECKING:  # not imported at run time: the report itself needs only torch (and Triton to compile)
+    from jfdeploy.kernels.topk_attention import LaunchPlan
+    from jfdeploy.model.attention import TopkRange
+
 ARCHS: dict[str, int] = {"sm_80": 80, "sm_86": 86, "sm_89": 89, "sm_90": 90}
 SHARED_LIMIT_BYTES = 99 * 1024  # per-block shared memory of sm_86 / sm_89, the smallest of ARCHS
-DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-TOPK_RANGES = ("all_frames", "every_frame")
+DTYPES: dict[str, torch.dtype] = PRECISIONS  # the precision names of every verb
+TOPK_RANGES: tuple[TopkRange, ...] = ("all_frames", "every_frame")
 
 
 @dataclass(frozen=True)
@@ -65,17 +72,18 @@ TABLE9 = Shape()
 class Case:
     dtype: str  # key of DTYPES
     topk: int
-    topk_range: str
+    topk_range: TopkRange
 
     @classmethod
     def parse(cls, text: str) -> Case:
         """'fp16:120:all_frames' -> Case."""
         parts = text.split(":")
-        if len(parts) != 3 or parts[0] not in DTYPES or not parts[1].isdigit() or parts[2] not in TOPK_RANGES:
+        topk_range = next((r for r in TOPK_RANGES if len(parts) == 3 and r == parts[2]), None)
+        if len(parts) != 3 or parts[0] not in DTYPES or not parts[1].isdigit() or topk_range is None:
             raise ValueError(
                 f"case must be DTYPE:K:RANGE (DTYPE in {sorted(DTYPES)}, RANGE in {TOPK_RANGES}), got {text!r}"
             )
-        return cls(parts[0], int(parts[1]), parts[2])
+        return cls(parts[0], int(parts[1]), topk_range)
 
     def __str__(self) -> str:
         return f"{self.dtype}:{self.topk}:{self.topk_range}"
@@ -147,7 +155,25 @@ def ptxas_version(capability: int) -> str:
     return match.group(0).strip() if match else text.strip().splitlines()[-1]
 
 
-def toolchain(archs: Iterable[str]) -> dict[str, object]:
+class Toolchain(TypedDict):
+    triton: str
+    torch: str
+    ptxas: dict[str, dict[str, str]]  # arch -> {"binary": file name, "version": ptxas --version}
+
+
+class _ReportFields(TypedDict):
+    toolchain: Toolchain
+    shape: dict[str, int]  # Shape's fields
+    shared_limit_bytes: int
+    rows: list[dict[str, Any]]  # Row's fields and "clean"
+
+
+class Report(_ReportFields, total=False):
+    command: str  # set by run_from_args
+    date: str
+
+
+def toolchain(archs: Iterable[str]) -> Toolchain:
     """Versions of everything that decides the figures; raises JfDeployError without Triton's NVIDIA backend."""
     from jfdeploy.errors import JfDeployError
 
@@ -172,7 +198,20 @@ def toolchain(archs: Iterable[str]) -> dict[str, object]:
 # --------------------------------------------------------------------------------------------
 
 
-def case_inputs(case: Case, shape: Shape = TABLE9) -> dict[str, object]:
+class CaseInputs(TypedDict):
+    """plan_launch's inputs: B x h x N x d query/keys/values, B x h x T*N x d references, B x T*N mask."""
+
+    q: torch.Tensor
+    k_own: torch.Tensor
+    v_own: torch.Tensor
+    k_ref: torch.Tensor
+    v_ref: torch.Tensor
+    out: torch.Tensor
+    ref_valid: torch.Tensor
+    frames: int
+
+
+def case_inputs(case: Case, shape: Shape = TABLE9) -> CaseInputs:
     """Meta tensors (no memory) laid out as the model passes them: q/k/v views of one qkv projection."""
     dtype = DTYPES[case.dtype]
     b, h, n, d, t = shape.batch, shape.heads, shape.tokens, shape.head_dim, shape.frames
@@ -182,7 +221,7 @@ def case_inputs(case: Case, shape: Shape = TABLE9) -> dict[str, object]:
     v_ref = torch.empty(b, h, t * n, d, dtype=dtype, device="meta")
     valid = torch.empty(b, t * n, dtype=torch.int8, device="meta")
     out = torch.empty(b, h, n, d, dtype=dtype, device="meta")
-    return dict(q=q, k_own=k_own, v_own=v_own, k_ref=k_ref, v_ref=v_ref, out=out, ref_valid=valid, frames=t)
+    return CaseInputs(q=q, k_own=k_own, v_own=v_own, k_ref=k_ref, v_ref=v_ref, out=out, ref_valid=valid, frames=t)
 
 
 _TYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8"}
@@ -219,22 +258,23 @@ class CompileJob:
     options: tuple[tuple[str, int], ...]  # num_warps, num_stages, maxnreg
 
 
-def compile_job(case: Case, arch: str, shape: Shape = TABLE9) -> tuple[CompileJob, object]:
+def compile_job(case: Case, arch: str, shape: Shape = TABLE9) -> tuple[CompileJob, LaunchPlan]:
     """The compile the wrapper's launch of ``case`` on ``arch`` triggers, and its LaunchPlan."""
     from jfdeploy.kernels import topk_attention
 
     inputs = case_inputs(case, shape)
-    frames = inputs.pop("frames")
-    q, k_own, v_own, k_ref, v_ref, out = (inputs[name] for name in ("q", "k_own", "v_own", "k_ref", "v_ref", "out"))
+    q, k_own, v_own, k_ref, v_ref = inputs["q"], inputs["k_own"], inputs["v_own"], inputs["k_ref"], inputs["v_ref"]
     plan = topk_attention.plan_launch(
-        q, k_own, v_own, k_ref, v_ref, out, scale=shape.head_dim**-0.5, topk=case.topk, frames=frames,
-        topk_range=case.topk_range, ref_valid=inputs["ref_valid"], capability=ARCHS[arch],
+        q, k_own, v_own, k_ref, v_ref, inputs["out"], scale=shape.head_dim**-0.5, topk=case.topk,
+        frames=inputs["frames"], topk_range=case.topk_range, ref_valid=inputs["ref_valid"], capability=ARCHS[arch],
     )  # fmt: skip
     kernel = topk_attention._topk_joint_attention_kernel
     names = list(kernel.arg_names)
     runtime_names = [name for name in names if name not in plan.constexprs]
     assert len(runtime_names) == len(plan.args), "plan_launch and the kernel disagree on the arguments"
-    signature, constexprs, divisible = [], dict(plan.constexprs), []
+    signature: list[tuple[str, str]] = []
+    constexprs: dict[str, object] = dict(plan.constexprs)
+    divisible: list[str] = []
     for name, value in zip(runtime_names, plan.args, strict=True):
         kind, spec = specialize(value)
         if kind == "constexpr":
@@ -321,10 +361,9 @@ def run_compile(job: CompileJob) -> dict[str, object]:
     ptxas_log = log.getvalue()
     if "Used" not in ptxas_log:  # a Triton without the dump_ptxas_log knob: run its ptxas on the PTX
         ptxas_log = _run_ptxas(ptx, job.capability)
-    figures = parse_ptxas_log(ptxas_log)
-    figures["shared"] = int(compiled.metadata.shared) + figures.pop("static_smem")
-    figures["binary"] = hashlib.sha256(ptx.encode()).hexdigest()[:10]
-    return figures
+    ptxas_figures = parse_ptxas_log(ptxas_log)
+    shared = int(compiled.metadata.shared) + ptxas_figures.pop("static_smem")
+    return {**ptxas_figures, "shared": shared, "binary": hashlib.sha256(ptx.encode()).hexdigest()[:10]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +381,7 @@ def _interpreted() -> bool:
 
 def compile_report(
     archs: Sequence[str], cases: Sequence[Case] = DEFAULT_CASES, shape: Shape = TABLE9, *, log=None
-) -> dict[str, object]:
+) -> Report:
     """Compile every (arch, case); returns {"toolchain": ..., "shape": ..., "rows": [Row as dict]}.
 
     Under Triton's interpreter (TRITON_INTERPRET=1) kernels cannot be compiled in this process: the
@@ -384,7 +423,7 @@ def compile_report(
     }
 
 
-def _report_in_child(archs: Sequence[str], cases: Sequence[Case], shape: Shape) -> dict[str, object]:
+def _report_in_child(archs: Sequence[str], cases: Sequence[Case], shape: Shape) -> Report:
     from jfdeploy.errors import JfDeployError
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -400,7 +439,7 @@ def _report_in_child(archs: Sequence[str], cases: Sequence[Case], shape: Shape) 
     return json.loads(result.stdout)
 
 
-def format_markdown(report: dict[str, object]) -> str:
+def format_markdown(report: Report) -> str:
     """The report as Markdown: versions, then one row per (arch, case)."""
     tools = report["toolchain"]
     shape = report["shape"]
@@ -454,7 +493,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="exit status 1 when any row is not clean")
 
 
-def run_from_args(args: argparse.Namespace) -> dict[str, object]:
+def run_from_args(args: argparse.Namespace) -> Report:
     """Run the report for parsed ``add_arguments`` options; print / write it; return it."""
     from jfdeploy.errors import DifferenceError, InputError
 
@@ -472,7 +511,8 @@ def run_from_args(args: argparse.Namespace) -> dict[str, object]:
         command += f" --head-dim {shape.head_dim}"
     if args.case:
         command += "".join(f" --case {case}" for case in cases)
-    report.update(command=command, date=datetime.date.today().isoformat())
+    report["command"] = command
+    report["date"] = datetime.date.today().isoformat()
     if to_stdout_json:
         json.dump(report, sys.stdout)
         return report

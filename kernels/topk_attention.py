@@ -537,7 +537,7 @@ def plan_launch(
         segments, segment_len = 1, num_ref
     select = topk is not None and topk < segment_len
     if select:
-        assert 1 <= topk <= MAX_TOPK, f"k must be in 1..{MAX_TOPK}, got {topk}"
+        assert topk is not None and 1 <= topk <= MAX_TOPK, f"k must be in 1..{MAX_TOPK}, got {topk}"
     if ref_valid is not None:
         assert ref_valid.shape == (b, num_ref) and ref_valid.dtype == torch.int8, "ref_valid: B x keys int8"
         valid = ref_valid

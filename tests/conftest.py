@@ -1,4 +1,8 @@
-"""Shared fixtures: golden data and models with the golden weight rule (built once per session)."""
+"""Shared fixtures: golden data, models with the golden weight rule, the tiny model (built once per session).
+
+Golden parity needs the published shapes (``model32``, ``model64``); tests of shapes, bookkeeping and
+semantics run on ``tiny_model`` (ModelConfig.tiny(): same code paths, ~1M parameters instead of ~128M).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import pytest
 import torch
 
 import jfdeploy
-from jfdeploy.model.checkpoint import deterministic_state_dict
+from jfdeploy.model.checkpoint import deterministic_state_dict, random_model
 
 # Triton kernels run in Triton's CPU interpreter where there is no GPU (must be set before triton loads)
 if not torch.cuda.is_available():
@@ -25,6 +29,9 @@ GOLDEN = DATA / "golden"
 GOLDEN_TOPK = 20
 GOLDEN_MEM_EVERY = 3
 GOLDEN_MAX_MEMORY_FRAMES = 2
+
+# the tiny model's k: below the 12 tokens of a 48 x 64 frame, so that top-k selection matters
+TINY_TOPK = 5
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +65,17 @@ def model64(model32) -> jfdeploy.JointFormer:
 
 
 @pytest.fixture(scope="session")
+def tiny_model() -> jfdeploy.JointFormer:
+    """ModelConfig.tiny(topk=TINY_TOPK) with the golden weight rule, float32, eval mode (do not modify)."""
+    return random_model(jfdeploy.ModelConfig.tiny(topk=TINY_TOPK))
+
+
+@pytest.fixture(scope="session")
+def tiny_model64(tiny_model) -> jfdeploy.JointFormer:
+    return copy.deepcopy(tiny_model).double()
+
+
+@pytest.fixture(scope="session")
 def engines32(model32, tmp_path_factory) -> Path:
     """fp32 engine directory of ``model32`` (the golden memory size), exported once per session (needs onnx)."""
     pytest.importorskip("onnx", reason="ONNX export needs: pip install 'jfdeploy[onnx]'")
@@ -79,6 +97,24 @@ def engines16(model32, tmp_path_factory) -> Path:
     return out
 
 
+TINY_FIXTURES = {"tiny_model", "tiny_model64"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_the_tiny_model(request):
+    """Tests on the tiny model run with one intra-op thread: splitting 96-channel work over threads costs
+    more than it saves, and on a busy CPU the waiting threads made them 5-20 times slower (measured)."""
+    if not TINY_FIXTURES & set(request.fixturenames):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_random_weight_warning():
     with warnings.catch_warnings():
@@ -86,9 +122,10 @@ def _quiet_random_weight_warning():
         yield
 
 
-# the slow tier: tests that need an exported engine directory or the float64 run of the golden clip
-# (minutes each on 2 cores); `pytest -m "not slow"` is the quick tier, plain `pytest` runs everything
-SLOW_FIXTURES = {"engines32", "engines16", "float64_run"}
+# the slow tier: tests that need an exported engine directory or run the published-size model in float64
+# (the golden clip's float64 parity; minutes each on 2 cores); `pytest -m "not slow"` is the quick tier,
+# plain `pytest` runs everything
+SLOW_FIXTURES = {"engines32", "engines16", "float64_run", "model64"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -55,19 +55,44 @@ def test_k_beyond_the_candidates_is_plain_softmax(inputs):
         torch.testing.assert_close(got, plain, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("topk", [3, 100])
-def test_invalid_slots_are_never_read(inputs, topk):
+@pytest.mark.parametrize("topk_range", ["all_frames", "every_frame"])
+@pytest.mark.parametrize("topk", [3, 100, None])
+def test_invalid_slots_are_never_read(inputs, topk, topk_range):
+    """An invalid slot gets probability exactly 0: huge garbage keys do not win the top-k, and huge
+    (finite) garbage values do not move the output, which equals attention over the valid frames alone."""
     q, k_own, v_own, k_ref, v_ref = inputs
     valid = torch.ones(B, T * R, dtype=torch.bool)
     valid[:, R : 2 * R] = False  # an empty middle frame
     garbage_k, garbage_v = k_ref.clone(), v_ref.clone()
     garbage_k[:, :, R : 2 * R] = 1e3  # would win every top-k if it were read
-    garbage_v[:, :, R : 2 * R] = float("nan")
+    garbage_v[:, :, R : 2 * R] = 1e30  # any probability above 0 on them shows in the output
     keep = valid[0]
-    expected = topk_joint_attention(q, k_own, v_own, k_ref[:, :, keep], v_ref[:, :, keep], scale=0.3, topk=topk)
-    got = topk_joint_attention(
-        q, k_own, v_own, garbage_k, garbage_v.nan_to_num(0.0), scale=0.3, topk=topk, ref_valid=valid
+    expected = topk_joint_attention(
+        q,
+        k_own,
+        v_own,
+        k_ref[:, :, keep],
+        v_ref[:, :, keep],
+        scale=0.3,
+        topk=topk,
+        frames=T - 1,
+        topk_range=topk_range,
     )
+    got = topk_joint_attention(
+        q, k_own, v_own, garbage_k, garbage_v, scale=0.3, topk=topk, frames=T, topk_range=topk_range, ref_valid=valid
+    )
+    assert torch.isfinite(got).all()  # no NaN from an all -inf candidate set, no overflow from the garbage
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_invalid_slots_beyond_k_leave_a_row_finite(inputs):
+    """k larger than the valid candidates: the top-k holds -inf scores, which get probability 0, not NaN."""
+    q, k_own, v_own, k_ref, v_ref = inputs
+    valid = torch.zeros(B, T * R, dtype=torch.bool)
+    valid[:, :2] = True  # two valid reference tokens, k = 5
+    got = topk_joint_attention(q, k_own, v_own, k_ref, v_ref, scale=0.3, topk=5, ref_valid=valid)
+    expected = topk_joint_attention(q, k_own, v_own, k_ref[:, :, :2], v_ref[:, :, :2], scale=0.3, topk=None)
+    assert torch.isfinite(got).all()
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 

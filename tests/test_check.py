@@ -14,10 +14,12 @@ import torch
 pytest.importorskip("onnxruntime", reason="the onnxruntime runner needs: pip install 'jfdeploy[onnx]'")
 pytest.importorskip("polygraphy", reason="jfdeploy check compares through Polygraphy: pip install 'jfdeploy[onnx]'")
 
+import jfdeploy
+from jfdeploy import specs
 from jfdeploy.cli import main
 from jfdeploy.errors import InputError
-from jfdeploy.export import compare, specs
-from jfdeploy.export.manifest import load_manifest
+from jfdeploy.export import compare
+from jfdeploy.manifest import load_manifest
 from jfdeploy.stages import STAGE_TYPES
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
@@ -233,3 +235,23 @@ def test_tensorrt_plans_against_torch_and_onnxruntime(engines32, tmp_path, capsy
     assert pairs == {"onnxruntime vs torch", "tensorrt vs torch"}
     assert all(math.isfinite(row["max_abs"]) and row["max_abs"] < 1e-2 for row in report["stages"])
     assert all(len(entry["comparisons"]) == 2 for entry in report["drift"]["frames"])
+
+
+@pytest.mark.slow
+def test_check_compares_model_configurations_without_engines(tiny_model, tmp_path, capsys):
+    """bf16 against fp32 frame by frame: within the reduced-precision tolerance, out of a tight one (exit 1)."""
+    jfdeploy.save_checkpoint(tiny_model, tmp_path / "tiny.pth")
+    common = ["check", "--runners", "torch,torch-bf16", "--frames", "3", "--clip-size", "64x96", "--topk", "5",
+              "--checkpoint", str(tmp_path / "tiny.pth"), "--device", "cpu",
+              "--json", str(tmp_path / "drift.json")]  # fmt: skip
+    assert main(common) == 0
+    out = capsys.readouterr().out
+    assert "torch-bf16 vs torch" in out and "all within tolerance" in out
+    rows = json.loads((tmp_path / "drift.json").read_text())["drift"]["frames"]
+    assert [row["frame"] for row in rows] == [0, 1, 2]
+    errors = [row["comparisons"][0]["max_abs"] for row in rows]
+    assert errors[0] == 0.0  # the given mask
+    assert all(0 < error < 0.1 for error in errors[1:])  # bf16 differs, within its tolerance
+    assert main([*common, "--atol", "1e-6", "--rtol", "1e-6"]) == 1
+    assert main(["check", "--runners", "torch,torch-bf16"]) == 2  # no --frames: nothing to compare
+    assert main(["check", "--runners", "torch,onnxruntime", "--frames", "3"]) == 2  # engines need ENGINE_DIR

@@ -86,16 +86,18 @@ def test_not_a_checkpoint(tmp_path):
         jfdeploy.load_model({"fc.weight": torch.zeros(2, 2)})
 
 
-def test_single_object_checkpoint_is_widened(golden_state_dict, golden):
-    state = dict(golden_state_dict)
+def test_single_object_checkpoint_is_widened(tiny_model, golden):
+    """On the tiny model (the conversion does not depend on the widths): 32 x 4 x 4 x 4 -> 32 x 5 x 4 x 4."""
+    state = dict(tiny_model.state_dict())
     state[REFERENCE_EMBED_KEY] = state[REFERENCE_EMBED_KEY][:, :4].clone()
+    config = tiny_model.config
     with pytest.warns(UserWarning, match="single-object checkpoint"):
-        first = jfdeploy.load_model(state, topk=GOLDEN_TOPK)
+        first = jfdeploy.load_model(state, config=config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        second = jfdeploy.load_model(state, topk=GOLDEN_TOPK)
+        second = jfdeploy.load_model(state, config=config)
     weight = first.state_dict()[REFERENCE_EMBED_KEY]
-    assert weight.shape == (256, 5, 4, 4)
+    assert weight.shape == (32, 5, 4, 4)
     assert torch.equal(weight[:, :4], state[REFERENCE_EMBED_KEY])
     assert torch.equal(weight, second.state_dict()[REFERENCE_EMBED_KEY])  # reproducible
     assert 0.01 < weight[:, 4].std().item() < 0.03  # the published N(0, 0.02) channel
@@ -127,4 +129,4 @@ def test_failed_save_leaves_nothing(model32, tmp_path, monkeypatch):
 
 def test_no_checkpoint_warns_loudly():
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        jfdeploy.load_model(None, topk=GOLDEN_TOPK)
+        jfdeploy.load_model(None, topk=GOLDEN_TOPK, config=jfdeploy.ModelConfig.tiny())

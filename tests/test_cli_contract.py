@@ -27,7 +27,8 @@ from jfdeploy.errors import Interrupted
 from jfdeploy.io import make_clip, read_label_png, write_clip_folder, write_label_png
 
 JFDEPLOY = shutil.which("jfdeploy")
-pytestmark = pytest.mark.skipif(JFDEPLOY is None, reason="the jfdeploy command is not installed")
+# every test runs the installed command end to end in subprocesses: the slow tier
+pytestmark = [pytest.mark.skipif(JFDEPLOY is None, reason="the jfdeploy command is not installed"), pytest.mark.slow]
 SMALL = ["--size", "0", "--topk", "20", "--quiet"]  # original (small) size, few top-k scores
 
 
@@ -69,12 +70,15 @@ def test_version():
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--engines", "{engines}", "--autocast", "fp16"], ["--autocast", "--engines"]),
+        (["--engines", "{engines}", "--precision", "fp16"], ["--precision", "--engines"]),
+        (["--engines", "{engines}", "--autocast", "fp16"], ["--precision", "--engines"]),  # the older spelling
+        (["--engines", "{engines}", "--topk", "120"], ["--topk", "--engines"]),  # the default, given explicitly
         (["--engines", "{engines}", "--attention", "triton"], ["--attention", "--engines"]),
         (["--engines", "{engines}", "--topk", "50"], ["--topk", "--engines"]),
         (["--engines", "{engines}", "--backend", "eager"], ["--backend", "--engines"]),
         (["--backend", "onnxruntime"], ["--backend", "--engines"]),
-        (["--backend", "eager", "--autocast", "fp16"], ["--autocast", "eager"]),
+        (["--backend", "eager", "--attention", "triton"], ["--attention", "eager"]),
+        (["--preset", "kitti"], ["--preset", "davis17"]),
         (["--mem-every", "0"], ["--mem-every", ">= 1"]),
         (["--size", "-1"], ["--size"]),
     ],
@@ -159,7 +163,6 @@ def test_signal_while_writing_leaves_nothing(tmp_path, signum, status):
     assert os.listdir(parent) == []
 
 
-@pytest.mark.slow
 def test_interrupted_eval_keeps_only_complete_sequences(tmp_path):
     root, out = tmp_path / "DAVIS", tmp_path / "out"
     for name, frames in (("a", 3), ("b", 40)):
@@ -252,7 +255,6 @@ def run_outputs(golden_state_dict, clip, tmp_path_factory) -> dict[str, Path]:
     return outputs
 
 
-@pytest.mark.slow
 def test_trainer_checkpoint_gives_the_masks_of_the_state_dict(run_outputs):
     names = sorted(p.name for p in run_outputs["plain"].iterdir())
     assert names == ["00000.png", "00001.png", "00002.png", "00003.png", "00004.png"]
@@ -265,7 +267,6 @@ def test_trainer_checkpoint_gives_the_masks_of_the_state_dict(run_outputs):
     assert f"backend torch on {device}" in run_outputs["plain-stderr"].splitlines()[0]  # the first progress line
 
 
-@pytest.mark.slow
 def test_compare_two_run_outputs(run_outputs, tmp_path):
     result = jfdeploy("compare", run_outputs["trainer"], run_outputs["plain"], "--json", tmp_path / "same.json")
     assert result.returncode == 0, result.stderr
@@ -283,7 +284,6 @@ def test_compare_two_run_outputs(run_outputs, tmp_path):
     assert_one_line_error(jfdeploy("compare", run_outputs["plain"], nested), "DAVIS layout")
 
 
-@pytest.mark.slow
 def test_eval_overwrite_recomputes_complete_sequences(clip, tmp_path):
     out = tmp_path / "out"
     args = ["eval", "--dataset", "generic", "--root", clip["frames"], "--mask", clip["mask"], "--out", out, *SMALL]

@@ -7,13 +7,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from test_datasets import _make_davis2017, _make_youtube
 
 import jfdeploy
 from jfdeploy.cli import main
 from jfdeploy.datasets import davis
-from jfdeploy.evaluate import EvalOptions, segment_sequence
-from jfdeploy.io import read_label_png
+from jfdeploy.evaluate import segment_sequence
+from jfdeploy.io import make_clip, masks_to_labels, read_label_png
+from jfdeploy.predictor import VideoPredictor
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +74,40 @@ def test_youtube_eval_handles_objects_appearing_later(checkpoint, tmp_path, caps
     assert not (out / "summary.json").exists()  # YouTube-VOS is scored by its server
 
 
-@pytest.mark.slow
-def test_test_time_augmentation_keeps_shapes(model32, tmp_path):
+@pytest.mark.parametrize(("sizes", "flip"), [((None,), True), ((None, 48), False)])
+def test_test_time_augmentation_averages_every_augmentation(tiny_model, sizes, flip):
+    """The augmented predictor's probabilities are the mean of one predictor per augmentation, each mapped
+    back to the frame (unflipped, resized), and its labels their argmax."""
+    frames, labels = make_clip(num_frames=3, height=64, width=96, num_objects=2, seed=5)
+    combined = VideoPredictor(tiny_model, sizes=sizes, flip=flip)
+    augmentations = combined.options.augmentations
+    singles = [VideoPredictor(tiny_model, sizes=(size,)) for size, _ in augmentations]
+    for t in range(3):
+        objects = labels[0] if t == 0 else None
+        result = combined.step(frames[t], objects, probabilities=True)
+        expected = []
+        for (_, flipped), single in zip(augmentations, singles, strict=True):
+            rgb = np.ascontiguousarray(frames[t][:, ::-1]) if flipped else frames[t]
+            given = None if objects is None else np.ascontiguousarray(objects[:, ::-1] if flipped else objects)
+            prob = single.step(rgb, given, probabilities=True).probabilities
+            expected.append(prob.flip(-1) if flipped else prob)
+        mean = sum(expected) / len(expected)
+        torch.testing.assert_close(result.probabilities, mean)
+        np.testing.assert_array_equal(result.labels, masks_to_labels(mean, [1, 2]))
+        if t > 0:  # the augmentations disagree somewhere: the average is not any single one
+            assert any(not torch.equal(prob, mean) for prob in expected)
+
+
+def test_eval_sequence_loop_matches_the_predictor(tiny_model, tmp_path):
+    """segment_sequence is the predictor's frame loop: same labels as stepping it by hand."""
     sequence = davis(_make_davis2017(tmp_path / "DAVIS", frames=3), sequences=["car"])[0]
-    plain = dict(segment_sequence(model32, sequence, EvalOptions(scales=(None,))))
-    augmented = dict(segment_sequence(model32, sequence, EvalOptions(scales=(None, 48), flip=True)))
-    assert sorted(augmented) == [0, 1, 2]
-    for index in augmented:
-        assert augmented[index].shape == plain[index].shape == sequence.size
-    np.testing.assert_array_equal(augmented[0], plain[0])  # frame 0 is the given mask either way
-    assert set(np.unique(augmented[2])) <= {0, 1, 2}
+    predictor = VideoPredictor(tiny_model, sizes=(None,))
+    looped = dict(segment_sequence(predictor, sequence))
+    by_hand = VideoPredictor(tiny_model, sizes=(None,))
+    first = sequence.load_annotation(0)
+    for index in range(3):
+        expected = by_hand.step(sequence.read_frame(index), first if index == 0 else None, last=index == 2).labels
+        np.testing.assert_array_equal(looped[index], expected)
 
 
 def test_bad_eval_input(checkpoint, tmp_path, capsys):

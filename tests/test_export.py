@@ -19,10 +19,10 @@ from onnx import TensorProto, helper
 import jfdeploy
 from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY, GOLDEN_TOPK
 from jfdeploy.cli import main
-from jfdeploy.export.manifest import EngineError, check_tensorrt_plans, load_manifest
 from jfdeploy.export.onnx_export import export_engines
 from jfdeploy.export.tensorrt import BuildSettings
 from jfdeploy.export.trt_ops import check_graph
+from jfdeploy.manifest import EngineError, check_tensorrt_plans, load_manifest
 from jfdeploy.stages import STAGE_TYPES
 
 HAS_TENSORRT = shutil.which("trtexec") is not None or __import__("importlib").util.find_spec("tensorrt") is not None

@@ -83,7 +83,8 @@ def test_dry_run_pretending_cuda_lists_what_a_gpu_machine_runs(tmp_path):
     assert status == "dry-run" and "topk_attention_bench.py --frames 2,4 --topk 120" in note
     for refs in (1, 3):
         status, note = steps[f"bench-ours{refs}"]
-        assert status == "dry-run" and f"bench --refs {refs} --backends eager,eager-amp,torch,torch-fp16" in note
+        expected = f"bench --refs {refs} --backends eager,eager-fp16,torch,torch-fp16,torch-bf16"
+        assert status == "dry-run" and expected in note
     if not _imports("tensorrt"):
         assert steps["bench tensorrt"][0] == "skipped" and steps["tests-tensorrt"][0] == "skipped"
     assert steps["bench onnxruntime"][0] == "skipped" and "CUDAExecutionProvider" in steps["bench onnxruntime"][1]

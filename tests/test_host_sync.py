@@ -8,7 +8,8 @@ host. Meta does not see the other direction, host data copied to the device (``t
 device=...)``, ``cpu_tensor.to(device)``: a synchronizing copy from pageable memory on CUDA), so a
 ``TorchFunctionMode`` refuses those on every frame without a mask. Paths that cannot run on meta are
 skipped with the reason; on a CUDA machine the last test runs them under
-``torch.cuda.set_sync_debug_mode("error")`` instead.
+``torch.cuda.set_sync_debug_mode("error")`` instead. The meta runs use the tiny configuration (3 joint
+blocks, so that "all", "half" and "last" top-k blocks differ): the loop's code does not depend on the widths.
 """
 
 from __future__ import annotations
@@ -36,17 +37,17 @@ class MetaPath(NamedTuple):
 
 
 META_PATHS = {
-    "default_topk_all_frames": MetaPath(ModelConfig(topk=20)),
-    "topk_every_frame": MetaPath(ModelConfig(topk=20, topk_range="every_frame")),
-    "topk_half_of_the_blocks": MetaPath(ModelConfig(topk=20, topk_blocks="half")),
-    "topk_last_block_and_memory_token": MetaPath(ModelConfig(topk=20, topk_blocks="last", topk_memory_token=True)),
-    "no_topk": MetaPath(ModelConfig(topk=None)),
-    "object_added_at_frame_3": MetaPath(ModelConfig(topk=20), appearances={3: 3}),
-    "one_memory_frame_every_frame": MetaPath(ModelConfig(topk=20), {"mem_every": 1, "max_memory_frames": 1}),
-    "float16_weights": MetaPath(ModelConfig(topk=20), dtype=torch.float16),
+    "default_topk_all_frames": MetaPath(ModelConfig.tiny(topk=20)),
+    "topk_every_frame": MetaPath(ModelConfig.tiny(topk=20, topk_range="every_frame")),
+    "topk_half_of_the_blocks": MetaPath(ModelConfig.tiny(topk=20, topk_blocks="half")),
+    "topk_last_block_and_memory_token": MetaPath(ModelConfig.tiny(topk=20, topk_blocks="last", topk_memory_token=True)),
+    "no_topk": MetaPath(ModelConfig.tiny(topk=None)),
+    "object_added_at_frame_3": MetaPath(ModelConfig.tiny(topk=20), appearances={3: 3}),
+    "one_memory_frame_every_frame": MetaPath(ModelConfig.tiny(topk=20), {"mem_every": 1, "max_memory_frames": 1}),
+    "float16_weights": MetaPath(ModelConfig.tiny(topk=20), dtype=torch.float16),
     # 3 memory frames, a third object at frame 1: its FIFO ring is out of phase with the others' for ever
     "object_added_fifo_out_of_phase": MetaPath(
-        ModelConfig(topk=20), {"max_memory_frames": 3}, appearances={1: 3}, frames=9
+        ModelConfig.tiny(topk=20), {"max_memory_frames": 3}, appearances={1: 3}, frames=9
     ),
 }
 

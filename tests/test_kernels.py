@@ -126,6 +126,7 @@ def test_exact_ties_keep_the_lowest_key_indices():
     assert (got.cpu() - expected).abs().max().item() < 1e-5
 
 
+@pytest.mark.slow  # the published shapes in Triton's interpreter: 61 s on an idle 2-core CPU
 def test_golden_clip_with_triton_attention(model32, golden):
     model = model32 if DEVICE == "cpu" else copy.deepcopy(model32).to(DEVICE)
     seg = jfdeploy.Segmenter(
@@ -140,9 +141,24 @@ def test_golden_clip_with_triton_attention(model32, golden):
     assert np.abs(prob.cpu().numpy() - golden["prob_t1"]).max() <= 1e-4
 
 
-def test_float64_is_refused_with_triton(model64):
+def test_staged_loop_with_triton_attention_matches_torch(tiny_model):
+    """The frame loop with the kernel (tiny model: C = 96, 3 heads of 32, k = 5 of 12 tokens per frame)."""
+    model = tiny_model if DEVICE == "cpu" else copy.deepcopy(tiny_model).to(DEVICE)
+    clip = torch.randn(3, 3, 40, 56, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    mask = torch.zeros(2, 40, 56, device=DEVICE)
+    mask[0, 4:20, 4:30], mask[1, 22:38, 30:52] = 1, 1
+    probs = {}
+    for attention in ("torch", "triton"):
+        seg = jfdeploy.Segmenter(model, mem_every=1, max_memory_frames=2, backend="torch", attention=attention)
+        probs[attention] = [seg.step(clip[t], mask=mask if t == 0 else None, last=t == 2) for t in range(3)]
+    for t, (expected, got) in enumerate(zip(probs["torch"], probs["triton"], strict=True)):
+        assert got.shape == expected.shape == (3, 40, 56)
+        assert (got - expected).abs().max().item() <= 1e-5, t
+
+
+def test_float64_is_refused_with_triton(tiny_model64):
     with pytest.raises(jfdeploy.InputError, match="float64"):
-        jfdeploy.Segmenter(model64, backend="torch", attention="triton")
+        jfdeploy.Segmenter(tiny_model64, backend="torch", attention="triton")
 
 
 # ---------------------------------------------------------------------------------------------

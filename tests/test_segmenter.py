@@ -1,4 +1,7 @@
-"""The frame loop's published semantics: memory schedule, FIFO eviction, new objects, bad input."""
+"""The frame loop's published semantics: memory schedule, FIFO eviction, new objects, bad input.
+
+None of it depends on the widths or the weights: the tests run on the tiny model.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +41,8 @@ def run_schedule(model, mem_every, max_memory_frames, num_frames=10):
     return states
 
 
-def test_fifo_schedule_of_the_golden_configuration(model32):
-    states = run_schedule(model32, mem_every=3, max_memory_frames=2)
+def test_fifo_schedule_of_the_golden_configuration(tiny_model):
+    states = run_schedule(tiny_model, mem_every=3, max_memory_frames=2)
     assert [s[0][0] for s in states] == [
         [0],
         [0],
@@ -55,19 +58,19 @@ def test_fifo_schedule_of_the_golden_configuration(model32):
     assert [s[1][0] for s in states] == [None, 1, 2, 2, 4, 5, 5, 7, 8, 8]  # memory frames are not temporary
 
 
-def test_fifo_keeps_the_first_frame(model32):
-    states = run_schedule(model32, mem_every=2, max_memory_frames=3)
+def test_fifo_keeps_the_first_frame(tiny_model):
+    states = run_schedule(tiny_model, mem_every=2, max_memory_frames=3)
     assert states[8][0][0] == [0, 6, 8]
 
 
-def test_one_memory_frame_keeps_only_the_first(model32):
-    states = run_schedule(model32, mem_every=3, max_memory_frames=1)
+def test_one_memory_frame_keeps_only_the_first(tiny_model):
+    states = run_schedule(tiny_model, mem_every=3, max_memory_frames=1)
     assert all(s[0][0] == [0] for s in states)
     assert [s[1][0] for s in states][:5] == [None, 1, 2, 3, 4]
 
 
-def test_object_appearing_later(model32):
-    seg = jfdeploy.Segmenter(model32, mem_every=100, max_memory_frames=3)
+def test_object_appearing_later(tiny_model):
+    seg = jfdeploy.Segmenter(tiny_model, mem_every=100, max_memory_frames=3)
     frames = clip(6, seed=1)
     first = box_mask((5, 5, 20, 30))
     assert seg.step(frames[0], mask=first).shape == (2, H, W)
@@ -80,14 +83,14 @@ def test_object_appearing_later(model32):
     assert prob[2][inside_new].min() > 0.99  # the given mask wins where it is set
     assert prob[1][inside_new].max() < 1e-6  # the old object is cleared there
     assert memory_times(seg) == ([[0, 3], [3]], [2, None])
-    assert seg.backend.memory_token.shape == (2, 1, 768)
+    assert seg.backend.memory_token.shape == (2, 1, tiny_model.config.embed_dims[2])
     assert seg.step(frames[4]).shape == (3, H, W)
     assert memory_times(seg) == ([[0, 3], [3]], [4, 4])
     assert not torch.equal(predicted, prob[:2])
 
 
-def test_frames_before_the_first_mask_are_background(model32):
-    seg = jfdeploy.Segmenter(model32, mem_every=3, max_memory_frames=2)
+def test_frames_before_the_first_mask_are_background(tiny_model):
+    seg = jfdeploy.Segmenter(tiny_model, mem_every=3, max_memory_frames=2)
     frames = clip(2)
     empty = seg.step(frames[0])
     assert empty.shape == (1, H, W) and torch.all(empty == 1)
@@ -96,8 +99,8 @@ def test_frames_before_the_first_mask_are_background(model32):
     assert seg.time == 0 and memory_times(seg)[0] == [[0]]
 
 
-def test_bad_input_is_refused(model32):
-    seg = jfdeploy.Segmenter(model32, mem_every=3, max_memory_frames=2)
+def test_bad_input_is_refused(tiny_model):
+    seg = jfdeploy.Segmenter(tiny_model, mem_every=3, max_memory_frames=2)
     frame = clip(1)[0]
     with pytest.raises(jfdeploy.InputError, match="3 x H x W"):
         seg.step(frame[:2])
@@ -116,6 +119,6 @@ def test_bad_input_is_refused(model32):
     with pytest.raises(jfdeploy.InputError, match="after the last frame"):
         seg.step(frame)
     with pytest.raises(jfdeploy.InputError, match="unknown backend"):
-        jfdeploy.Segmenter(model32, backend="tensorflow")
+        jfdeploy.Segmenter(tiny_model, backend="tensorflow")
     with pytest.raises(jfdeploy.InputError, match="mem_every"):
-        jfdeploy.Segmenter(model32, mem_every=0)
+        jfdeploy.Segmenter(tiny_model, mem_every=0)

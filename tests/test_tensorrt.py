@@ -23,19 +23,17 @@ pytest.importorskip("polygraphy", reason="TensorRT plans need Polygraphy: pip in
 
 import jfdeploy
 from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY
+from jfdeploy import specs
 from jfdeploy.cli import main
-from jfdeploy.export import specs
-from jfdeploy.export.manifest import EngineError, load_manifest, write_manifest
 from jfdeploy.export.onnx_export import export_engines
-from jfdeploy.export.tensorrt import (
+from jfdeploy.export.tensorrt import BuildSettings, install_plans, plan_loader
+from jfdeploy.manifest import EngineError, load_manifest, write_manifest
+from jfdeploy.plans import (
     DEFAULT_BUCKETS,
     NAMED_BUCKETS,
     Bucket,
-    BuildSettings,
-    install_plans,
     manifest_profiles,
     parse_bucket,
-    plan_loader,
     profile_shapes,
     select_profile,
 )

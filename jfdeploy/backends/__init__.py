@@ -21,14 +21,17 @@ def make_backend(name: str, model: JointFormer | None, *, max_memory_frames: int
     if name in ("eager", "torch") and model is None:
         raise InputError(f"backend {name!r} needs a model (jfdeploy.load_model)")
     if name == "eager":
-        if options:
-            raise InputError(f"backend 'eager' takes no options, got {sorted(options)}")
+        unknown = sorted(set(options) - {"autocast"})
+        if unknown:
+            raise InputError(f"backend 'eager' takes only the option autocast, got {unknown}")
         from jfdeploy.backends.eager import EagerBackend
 
-        return EagerBackend(model, max_memory_frames=max_memory_frames)
+        assert model is not None  # checked above
+        return EagerBackend(model, max_memory_frames=max_memory_frames, **options)
     if name == "torch":
         from jfdeploy.backends.staged import torch_backend
 
+        assert model is not None  # checked above
         return torch_backend(model, max_memory_frames=max_memory_frames, **options)
     if name in ("onnxruntime", "tensorrt"):
         from jfdeploy.backends.engines import engine_backend

@@ -23,6 +23,10 @@ class Backend:
         # when a dict, intermediates of the next calls are recorded into it (tests, debugging)
         self.trace: dict[str, torch.Tensor] | None = None
 
+    def reset(self) -> None:
+        """Forget every object and reference (a new video); subclasses clear their memory too."""
+        self.memory_token = None
+
     @property
     def dtype(self) -> torch.dtype:
         """The dtype frames and masks must have."""
@@ -35,6 +39,7 @@ class Backend:
 
     @property
     def num_objects(self) -> int:
+        """Objects tracked: the one count every part of the runtime reads (rows of ``memory_token``)."""
         return 0 if self.memory_token is None else self.memory_token.shape[0]
 
     def add_objects(self, count: int) -> None:

@@ -13,6 +13,7 @@ Shapes: O objects, H x W padded frame, n tokens per frame, C = 768.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -32,23 +33,41 @@ class MemoryEntry:
 class EagerBackend(Backend):
     name = "eager"
 
-    def __init__(self, model: JointFormer, *, max_memory_frames: int) -> None:
+    def __init__(self, model: JointFormer, *, max_memory_frames: int, autocast: torch.dtype | None = None) -> None:
+        """autocast: torch.float16 / torch.bfloat16 to run the loop under autocast (the published
+        evaluation's ``--amp``), None for the model's own dtype."""
         super().__init__(model.convmae.cls_token.detach())
         self.model = model
         self.max_memory_frames = max_memory_frames
+        self.autocast = autocast
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
         self.permanent: list[list[MemoryEntry]] = []  # per object: memory frames, first frame first
         self.temporary: list[MemoryEntry | None] = []  # per object: the temporary (previous) frame
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def segment(self, image: torch.Tensor) -> torch.Tensor:
         """Predict the objects in ``image`` (1 x 3 x H x W) -> probabilities (1+O) x H x W.
 
         Also updates each object's memory token from the decoder tokens.
         """
+        with self._precision():
+            prob = self._segment(image)
+        return prob.to(image.dtype)
+
+    def _segment(self, image: torch.Tensor) -> torch.Tensor:
         model = self.model
         assert self.memory_token is not None and len(self.permanent) == self.num_objects
         f16s, f8s, f4s = [], [], []
         for obj in range(self.num_objects):
-            references = self.permanent[obj] + ([self.temporary[obj]] if self.temporary[obj] is not None else [])
+            temporary = self.temporary[obj]
+            references = self.permanent[obj] + ([temporary] if temporary is not None else [])
             frames = len(references)
             block_inputs = [
                 torch.cat([ref.block_inputs[i] for ref in references])[None]  # 1 x T*n x C
@@ -69,7 +88,7 @@ class EagerBackend(Backend):
         self.record("decode.tokens", decoder_tokens)
         aggregated_logits, prob = soft_aggregate(torch.sigmoid(logits[:, 0]), dim=0)
         self.record("decode.logits", aggregated_logits)
-        self.memory_token = model.update_memory_token(decoder_tokens, self.memory_token)
+        self.memory_token = model.update_memory_token(decoder_tokens, self.memory_token).to(self.memory_token.dtype)
         self.record("update.memory_token", self.memory_token)
         return prob
 
@@ -80,8 +99,10 @@ class EagerBackend(Backend):
         New objects (beyond those already in memory) start their memory with this frame.
         """
         assert self.memory_token is not None and object_prob.shape[0] == self.num_objects
-        reference = self.model.reference_input(image, object_prob)
-        block_inputs, _, f16, self.memory_token = self.model.encode_reference(reference, self.memory_token)
+        with self._precision():
+            reference = self.model.reference_input(image, object_prob)
+            block_inputs, _, f16, memory_token = self.model.encode_reference(reference, self.memory_token)
+        self.memory_token = memory_token.to(self.memory_token.dtype)
         self.record("memorize.f16", f16)
         self.record("memorize.memory_token", self.memory_token)
         for obj in range(self.num_objects):

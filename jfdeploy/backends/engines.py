@@ -21,14 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from jfdeploy.backends.staged import StagedBackend
+from jfdeploy import specs
+from jfdeploy.backends.staged import StagedBackend, StageRunner
 from jfdeploy.errors import InputError, JfDeployError
-from jfdeploy.export import specs
-from jfdeploy.export.manifest import EngineError, check_tensorrt_plans, load_manifest
-from jfdeploy.export.onnx_export import frame_tokens_needed
-from jfdeploy.export.tensorrt import manifest_profiles, polygraphy_errors, require_tensorrt, select_profile
-
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "bool": torch.bool}
+from jfdeploy.limits import frame_tokens_needed
+from jfdeploy.manifest import EngineError, check_tensorrt_plans, load_manifest
+from jfdeploy.plans import manifest_profiles, polygraphy_errors, require_tensorrt, select_profile
 
 
 def resolve_shape(stage: str, name: str, bound: dict[str, int]) -> tuple[int, ...]:
@@ -57,8 +55,8 @@ class OrtStage:
 
         self.stage = stage
         self.device = device
-        self.input_dtypes = [TORCH_DTYPES[i["dtype"]] for i in entry["inputs"]]
-        self.output_dtypes = [TORCH_DTYPES[o["dtype"]] for o in entry["outputs"]]
+        self.input_dtypes = [_torch_dtype(i["dtype"]) for i in entry["inputs"]]
+        self.output_dtypes = [_torch_dtype(o["dtype"]) for o in entry["outputs"]]
         self.input_names = [i["name"] for i in entry["inputs"]]
         self.output_names = [o["name"] for o in entry["outputs"]]
         if device.type == "cuda":
@@ -93,6 +91,14 @@ class OrtStage:
         return tuple(outputs)
 
 
+def _torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype a manifest names ("float32", "float16", "bfloat16", "bool")."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise EngineError(f"the manifest names an unknown tensor type {name!r}")
+    return dtype
+
+
 def _numpy_dtype(dtype: torch.dtype):
     return {torch.float32: np.float32, torch.float16: np.float16, torch.bool: np.bool_}[dtype]
 
@@ -116,7 +122,7 @@ class TrtStage:
         self.stage = stage
         self.device = device
         self.profiles = profiles
-        self.input_dtypes = {i["name"]: TORCH_DTYPES[i["dtype"]] for i in entry["inputs"]}
+        self.input_dtypes = {i["name"]: _torch_dtype(i["dtype"]) for i in entry["inputs"]}
         self.profile: int | None = None
         self.runner = TrtRunner(EngineFromPath(str(path)), name=f"jfdeploy-{stage}")
         with torch.cuda.device(device), polygraphy_errors(f"TensorRT could not load {path.name}"):
@@ -184,6 +190,7 @@ def engine_backend(
     directory = Path(engines)
     manifest = load_manifest(directory)
     token = torch.from_numpy(np.load(directory / manifest["initial_memory_token"]))
+    runners: dict[str, StageRunner]
     if kind == "onnxruntime":
         try:
             import onnxruntime  # noqa: F401

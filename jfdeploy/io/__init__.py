@@ -1,6 +1,6 @@
 """Inputs and outputs of ``jfdeploy run``: frames from folders or videos, DAVIS palette masks, overlays.
 
-    source = open_frames("clip.mp4")                       # or a folder of .jpg/.png frames
+    source = open_frames("clip.mp4")                       # or a folder of frames, rtsp:// / http(s):// URL, camera
     labels, palette = read_label_png("first_mask.png")     # uint8 [H, W], 0 = background
     for name, rgb in source:                               # rgb: uint8 [H, W, 3]
         x = to_model_input(rgb)                            # [3, H, W], ImageNet-normalized
@@ -26,14 +26,16 @@ from jfdeploy.io.masks import (
     write_label_png,
 )
 from jfdeploy.io.synthetic import make_clip, write_clip_folder, write_clip_video
-from jfdeploy.io.video import FrameSource, OverlayWriter, open_frames, overlay_labels
+from jfdeploy.io.video import FrameSource, LiveFrames, OverlayWriter, is_live_spec, open_frames, overlay_labels
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "FrameSource",
+    "LiveFrames",
     "OverlayWriter",
     "davis_palette",
+    "is_live_spec",
     "labels_to_masks",
     "make_clip",
     "masks_to_labels",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jfdeploy.model.attention import Attention, AttentionImpl, TopkRange, joint_attention_impl, topk_joint_attention
+from jfdeploy.model.attention import Attention, JointAttention, TopkRange, topk_joint_attention
 from jfdeploy.model.backbone import TRANSFORMER_NORM_EPS, Mlp
 
 
@@ -59,14 +59,15 @@ class JointBlock(nn.Module):
         reference_v: torch.Tensor,
         frames: int,
         reference_valid: torch.Tensor | None = None,
-        attention: AttentionImpl = "torch",
+        attention: JointAttention = topk_joint_attention,
     ) -> torch.Tensor:
         """Current tokens (B x N x C) read T reference frames (keys/values B x h x T*R x d).
 
-        attention: "torch" (the reference formulation) or "triton" (the fused kernel).
+        attention: the top-k joint attention to use (``topk_joint_attention``, or a fused kernel with
+        its signature: ``joint_attention_impl("triton")``).
         """
         q, k, v = self.attn.heads(self.norm1(current))
-        mixed = joint_attention_impl(attention)(
+        mixed = attention(
             q,
             k,
             v,

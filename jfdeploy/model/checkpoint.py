@@ -9,16 +9,22 @@ patch embed with 4 input channels) gets a 5th channel the way the published load
 truncated normal with std 0.02 (seeded here, so a conversion is reproducible).
 
 jfdeploy's format: ``{"format": "jfdeploy", "version": 1, "config": {...}, "state_dict": {...}}``.
+
+The architecture (widths, depths, position grid) is read from the tensor shapes, so published and
+smaller (``ModelConfig.tiny()``) checkpoints load alike; the head count, which no shape shows, comes
+from a jfdeploy file's config, else from the ``config`` given, else the published 12.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +44,14 @@ StateDict = dict[str, torch.Tensor]
 
 def read_state_dict(source: str | os.PathLike | Mapping) -> StateDict:
     """A path or an in-memory checkpoint -> a flat state dict with published key names."""
+    return read_checkpoint(source)[0]
+
+
+def read_checkpoint(source: str | os.PathLike | Mapping) -> tuple[StateDict, dict | None]:
+    """A path or an in-memory checkpoint -> (flat state dict with published key names, saved config).
+
+    The saved config is the ``config`` mapping of jfdeploy's format, None for other checkpoints.
+    """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
@@ -50,9 +64,12 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> StateDict:
         loaded = source
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"a checkpoint must hold a dict, got {type(loaded).__name__}")
+    saved_config = None
     if loaded.get("format") == FORMAT_NAME:
         if loaded.get("version") != FORMAT_VERSION:
             raise CheckpointError(f"jfdeploy checkpoint version {loaded.get('version')} is not {FORMAT_VERSION}")
+        saved = loaded.get("config")
+        saved_config = dict(saved) if isinstance(saved, Mapping) else None
         loaded = loaded["state_dict"]
     else:
         for wrapper in ("network", "model", "state_dict"):  # network: the published trainer's checkpoints
@@ -64,7 +81,7 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> StateDict:
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
         state[key.removeprefix("module.")] = value
-    return state
+    return state, saved_config
 
 
 def block_depths(state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
@@ -74,6 +91,67 @@ def block_depths(state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
         return len({key.split(".")[2] for key in state if key.startswith(prefix)})
 
     return depth("convmae.blocks4."), depth("convmae.blocks5.")
+
+
+def count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """Blocks ``prefix.0.*``, ``prefix.1.*``, ... in the checkpoint (``prefix`` like ``convmae.blocks3``)."""
+    return len({key.split(".")[2] for key in state if key.startswith(prefix + ".")})
+
+
+ARCHITECTURE_KEYS = (
+    "convmae.patch_embed1_query.proj.weight",  # C4 x 3 x 4 x 4
+    "convmae.patch_embed2.proj.weight",  # C8 x C4 x 2 x 2
+    "convmae.patch_embed3.proj.weight",  # C x C8 x 2 x 2
+    "convmae.pos_embed",  # 1 x (1 + S*S) x C
+    "decoder.pred.weight",  # 1 x hidden x 3 x 3
+)
+
+
+def architecture_of(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The ModelConfig fields that tensor shapes fix (all of ARCHITECTURE_FIELDS but num_heads)."""
+    update_depth, enhance_depth = block_depths(state)
+    if update_depth == 0 or enhance_depth == 0:
+        raise CheckpointError(
+            "checkpoint has no convmae.blocks4.* or convmae.blocks5.* keys: not a JointFormer checkpoint"
+        )
+    missing = [key for key in ARCHITECTURE_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks {', '.join(missing)}: not a JointFormer checkpoint")
+    grid_tokens = int(state["convmae.pos_embed"].shape[1]) - 1
+    return dict(
+        embed_dims=tuple(int(state[key].shape[0]) for key in ARCHITECTURE_KEYS[:3]),
+        num_joint_blocks=count_blocks(state, "convmae.blocks3"),
+        conv_depths=(count_blocks(state, "convmae.blocks1"), count_blocks(state, "convmae.blocks2")),
+        pos_grid=math.isqrt(grid_tokens),
+        decoder_dim=int(state["decoder.pred.weight"].shape[1]),
+        update_depth=update_depth,
+        enhance_depth=enhance_depth,
+    )
+
+
+def config_for_checkpoint(
+    state: Mapping[str, torch.Tensor], saved: Mapping | None, given: ModelConfig | None, options: Mapping
+) -> ModelConfig:
+    """The config of a checkpoint's model: its shapes, the head count, and the top-k ``options``.
+
+    Heads: the saved config's (jfdeploy format), else ``given``'s, else the published 12. A ``given``
+    config whose architecture differs from the checkpoint's is refused (the wrong model was asked for).
+    """
+    shapes = architecture_of(state)
+    if given is not None:
+        differing = [
+            f"{name}: checkpoint {value}, config {getattr(given, name)}"
+            for name, value in shapes.items()
+            if getattr(given, name) != value
+        ]
+        if differing:
+            raise CheckpointError("checkpoint does not match the given config; " + "; ".join(differing))
+    heads = (saved or {}).get("num_heads") or (given.num_heads if given is not None else ModelConfig().num_heads)
+    base = given if given is not None else ModelConfig()
+    try:
+        return dataclasses.replace(base, **shapes, num_heads=int(heads), **options)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint shapes make no JointFormer: {exc}") from exc
 
 
 def convert_single_object(state: StateDict) -> StateDict:
@@ -151,38 +229,59 @@ def build_model(config: ModelConfig, state: Mapping[str, torch.Tensor]) -> Joint
     return model.eval()
 
 
+class _Unset:
+    """Marks a load_model option the caller did not give (the config's, or the default, applies)."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Any = _Unset()
+LOAD_DEFAULTS: dict[str, Any] = dict(topk=120, topk_range="all_frames", topk_blocks="all", topk_memory_token=False)
+
+
 def load_model(
     checkpoint: str | os.PathLike | Mapping | None,
-    topk: int | None = 120,
-    topk_range: str = "all_frames",
-    topk_blocks: str = "all",
-    topk_memory_token: bool = False,
+    topk: int | None = UNSET,
+    topk_range: str = UNSET,
+    topk_blocks: str = UNSET,
+    topk_memory_token: bool = UNSET,
+    *,
+    config: ModelConfig | None = None,
 ) -> JointFormer:
     """A JointFormer in eval mode, float32 on the CPU, with the checkpoint's weights.
 
     ``checkpoint``: a path, a state dict (published or jfdeploy format), or None for deterministic
-    random weights (with a loud warning: they are not trained). Depths of the update and enhance
-    blocks are read from the checkpoint. Move/cast the result as usual (``.double()``, ``.cuda()``).
+    random weights (with a loud warning: they are not trained). The architecture (widths, depths) is
+    read from the checkpoint. Move/cast the result as usual (``.double()``, ``.cuda()``).
+
+    ``config``: the architecture and options to start from, e.g. ``ModelConfig.tiny()`` for small
+    random weights; with a checkpoint it must agree with the checkpoint's shapes. The top-k keyword
+    options, where given, override it; where neither gives one, the defaults are topk=120 over all
+    frames in all blocks, memory token unfiltered.
     """
-    options = dict(topk=topk, topk_range=topk_range, topk_blocks=topk_blocks, topk_memory_token=topk_memory_token)
+    given = dict(topk=topk, topk_range=topk_range, topk_blocks=topk_blocks, topk_memory_token=topk_memory_token)
+    options: dict[str, Any] = {k: v for k, v in given.items() if v is not UNSET}
+    if config is None:
+        options = {**LOAD_DEFAULTS, **options}
     if checkpoint is None:
         warnings.warn(
             "NO CHECKPOINT GIVEN: using deterministic RANDOM weights. Masks will be meaningless; "
             "pass a trained JointFormer checkpoint for real segmentation.",
             stacklevel=2,
         )
-        config = ModelConfig(**options)  # type: ignore[arg-type]
-        with torch.device("meta"):
-            shapes = JointFormer(config)
-        return build_model(config, deterministic_state_dict(shapes))
-    state = convert_single_object(read_state_dict(checkpoint))
-    update_depth, enhance_depth = block_depths(state)
-    if update_depth == 0 or enhance_depth == 0:
-        raise CheckpointError(
-            "checkpoint has no convmae.blocks4.* or convmae.blocks5.* keys: not a JointFormer checkpoint"
-        )
-    config = ModelConfig(**options, update_depth=update_depth, enhance_depth=enhance_depth)  # type: ignore[arg-type]
-    return build_model(config, state)
+        random_config = dataclasses.replace(config or ModelConfig(), **options)
+        return random_model(random_config)
+    state, saved = read_checkpoint(checkpoint)
+    state = convert_single_object(state)
+    return build_model(config_for_checkpoint(state, saved, config, options), state)
+
+
+def random_model(config: ModelConfig) -> JointFormer:
+    """A JointFormer of ``config`` with the deterministic random weights (no warning; for tests and tools)."""
+    with torch.device("meta"):
+        shapes = JointFormer(config)
+    return build_model(config, deterministic_state_dict(shapes))
 
 
 def save_checkpoint(model: JointFormer, path: str | os.PathLike) -> None:

@@ -113,24 +113,26 @@ class TokenFuser(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, f16_dim: int = 768, f8_dim: int = 384, f4_dim: int = 256) -> None:
+    def __init__(self, f16_dim: int = 768, f8_dim: int = 384, f4_dim: int = 256, hidden_dim: int = 256) -> None:
+        """Widths of the backbone's f16, f8, f4 maps; hidden_dim: the 1/4 decoder width (3 x hidden_dim = f16_dim)."""
         super().__init__()
         self.fuser_16 = FusionBlock(2 * f16_dim, f8_dim)
         self.up_16_8 = UpsampleBlock(f8_dim, f8_dim, f4_dim)
-        self.up_8_4 = UpsampleBlock(f4_dim, f4_dim, 256)
-        self.pred = nn.Conv2d(256, 1, 3, padding=1)
-        self.fuser_all = TokenFuser(f8_dim, f4_dim, 256 + 1, 256)
+        self.up_8_4 = UpsampleBlock(f4_dim, f4_dim, hidden_dim)
+        self.pred = nn.Conv2d(hidden_dim, 1, 3, padding=1)
+        self.fuser_all = TokenFuser(f8_dim, f4_dim, hidden_dim + 1, hidden_dim)
 
     def forward(
         self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, enhanced_f16: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-object features -> (logits B x 1 x H x W at input size, decoder tokens B x 768 x H/16 x W/16).
+        """Per-object features -> (logits B x 1 x H x W at input size, decoder tokens B x C x H/16 x W/16).
 
-        f16, enhanced_f16: B x 768 x H/16 x W/16; f8: B x 384 x H/8 x W/8; f4: B x 256 x H/4 x W/4.
+        Published widths: f16, enhanced_f16: B x 768 x H/16 x W/16; f8: B x 384 x H/8 x W/8;
+        f4: B x 256 x H/4 x W/4; hidden 256 (decoder tokens 3 x 256 = 768).
         """
-        g16 = self.fuser_16(f16, enhanced_f16)  # B x 384 x H/16 x W/16
-        g8 = self.up_16_8(f8, g16)  # B x 256 x H/8 x W/8
-        g4 = self.up_8_4(f4, g8)  # B x 256 x H/4 x W/4
+        g16 = self.fuser_16(f16, enhanced_f16)  # B x f8_dim x H/16 x W/16
+        g8 = self.up_16_8(f8, g16)  # B x f4_dim x H/8 x W/8
+        g4 = self.up_8_4(f4, g8)  # B x hidden x H/4 x W/4
         logits = self.pred(F.relu(g4))  # B x 1 x H/4 x W/4
         decoder_tokens = self.fuser_all(g16, g8, torch.cat([g4, logits], dim=1))
         logits = F.interpolate(logits, scale_factor=4.0, mode="bilinear", align_corners=False)

@@ -3,18 +3,20 @@
 The model is a set of explicit stage methods, batch = objects unless said otherwise; the frame loop
 that calls them lives in ``jfdeploy.segmenter`` and the backends. Shape grammar: ``O`` objects,
 ``H x W`` padded input size (multiple of 16), ``h x w = H/16 x W/16`` token grid, ``n = h*w``,
-``C = 768``, ``T`` reference frames.
+``C`` = ``config.embed_dims[2]`` (768 published), ``C8, C4`` = the 1/8 and 1/4 widths (384, 256),
+``T`` reference frames.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jfdeploy.model.attention import AttentionImpl
+from jfdeploy.model.attention import JointAttention, topk_joint_attention
 from jfdeploy.model.backbone import (
     TRANSFORMER_NORM_EPS,
     ConvBlock,
@@ -22,12 +24,12 @@ from jfdeploy.model.backbone import (
     resized_position_embedding,
 )
 from jfdeploy.model.blocks import JointBlock
-from jfdeploy.model.config import NUM_JOINT_BLOCKS, ModelConfig
+from jfdeploy.model.config import EMBED_DIMS, NUM_HEADS, NUM_JOINT_BLOCKS, POS_GRID, ModelConfig
 from jfdeploy.model.decoder import Decoder
 
-EMBED_DIMS = (256, 384, 768)
-NUM_HEADS = 12
-POS_GRID = 24  # the checkpoint's position embedding covers a 24 x 24 token grid
+# the published shapes (ModelConfig's defaults), importable from here as before
+__all__ = ["EMBED_DIMS", "NUM_HEADS", "NUM_JOINT_BLOCKS", "POS_GRID", "JointFormer", "soft_aggregate"]
+
 REFERENCE_CHANNELS = 5  # RGB + object mask + sum of the other objects' masks
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: O x heads x (T*n) x d each
@@ -38,33 +40,34 @@ class ConvMAE(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        d4, d8, d16 = EMBED_DIMS
+        d4, d8, d16 = config.embed_dims
+        heads = config.num_heads
         self.patch_embed1_query = PatchEmbed(3, d4, 4)  # current frame
         self.patch_embed1_memory = PatchEmbed(REFERENCE_CHANNELS, d4, 4)  # reference frame + masks
         self.patch_embed2 = PatchEmbed(d4, d8, 2)
         self.patch_embed3 = PatchEmbed(d8, d16, 2)
         self.patch_embed4 = nn.Linear(d16, d16)
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + POS_GRID * POS_GRID, d16))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.pos_grid * config.pos_grid, d16))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d16))  # initial compressed-memory token
-        self.blocks1 = nn.ModuleList([ConvBlock(d4) for _ in range(2)])
-        self.blocks2 = nn.ModuleList([ConvBlock(d8) for _ in range(2)])
+        self.blocks1 = nn.ModuleList([ConvBlock(d4) for _ in range(config.conv_depths[0])])
+        self.blocks2 = nn.ModuleList([ConvBlock(d8) for _ in range(config.conv_depths[1])])
         self.blocks3 = nn.ModuleList(  # the Joint Blocks
             JointBlock(
                 d16,
-                NUM_HEADS,
+                heads,
                 topk=config.joint_block_topk(i),
                 topk_range=config.topk_range,
                 memory_token_topk=config.joint_block_memory_token_topk(i),
             )
-            for i in range(NUM_JOINT_BLOCKS)
+            for i in range(config.num_joint_blocks)
         )
         self.patch_embed4_block4 = nn.Linear(d16, d16)
         self.blocks4 = nn.ModuleList(  # memory-token update blocks (decoder tokens)
-            JointBlock(d16, NUM_HEADS, memory_token_topk=config.update_block_memory_token_topk)
+            JointBlock(d16, heads, memory_token_topk=config.update_block_memory_token_topk)
             for _ in range(config.update_depth)
         )
         self.patch_embed4_block5 = nn.Linear(d16, d16)
-        self.blocks5 = nn.ModuleList(JointBlock(d16, NUM_HEADS) for _ in range(config.enhance_depth))
+        self.blocks5 = nn.ModuleList(JointBlock(d16, heads) for _ in range(config.enhance_depth))
         self.norm = nn.LayerNorm(d16, eps=TRANSFORMER_NORM_EPS)
 
 
@@ -94,35 +97,47 @@ class JointFormer(nn.Module):
         super().__init__()
         self.config = config or ModelConfig()
         self.convmae = ConvMAE(self.config)
-        self.decoder = Decoder(*reversed(EMBED_DIMS))
+        d4, d8, d16 = self.config.embed_dims
+        self.decoder = Decoder(d16, d8, d4, hidden_dim=self.config.decoder_dim)
 
     # -- helpers ----------------------------------------------------------------------------------
     @property
-    def joint_blocks(self) -> nn.ModuleList:
-        return self.convmae.blocks3
+    def joint_blocks(self) -> list[JointBlock]:
+        """The Joint Blocks (the transformer stage the current and reference frames share)."""
+        return cast(list[JointBlock], list(self.convmae.blocks3))
+
+    @property
+    def update_blocks(self) -> list[JointBlock]:
+        """The memory-token update blocks (the memory token reads the decoder tokens)."""
+        return cast(list[JointBlock], list(self.convmae.blocks4))
+
+    @property
+    def enhance_blocks(self) -> list[JointBlock]:
+        """The enhance blocks (current tokens read the memory token)."""
+        return cast(list[JointBlock], list(self.convmae.blocks5))
 
     def grid_position(self, height: int, width: int) -> torch.Tensor:
         """Position embedding of an h x w token grid: 1 x n x C."""
         return resized_position_embedding(self.convmae.pos_embed, height, width)
 
-    def _stem(self, embed: PatchEmbed, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _stem(self, embed: PatchEmbed, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Convolutional stages: B x Cin x H x W -> tokens B x n x C (with position), f8, f4, (h, w)."""
         x = embed(image)
         for blk in self.convmae.blocks1:
             x = blk(x)
-        f4 = x  # B x 256 x H/4 x W/4
+        f4 = x  # B x C4 x H/4 x W/4
         x = self.convmae.patch_embed2(x)
         for blk in self.convmae.blocks2:
             x = blk(x)
-        f8 = x  # B x 384 x H/8 x W/8
-        x = self.convmae.patch_embed3(x)  # B x 768 x h x w
+        f8 = x  # B x C8 x H/8 x W/8
+        x = self.convmae.patch_embed3(x)  # B x C x h x w
         h, w = x.shape[-2:]
         tokens = self.convmae.patch_embed4(to_tokens(x)) + self.grid_position(h, w)
         return tokens, f8, f4
 
     # -- stages -----------------------------------------------------------------------------------
     def encode_current(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Frame B x 3 x H x W -> (tokens B x n x C, f8 B x 384 x H/8 x W/8, f4 B x 256 x H/4 x W/4)."""
+        """Frame B x 3 x H x W -> (tokens B x n x C, f8 B x C8 x H/8 x W/8, f4 B x C4 x H/4 x W/4)."""
         return self._stem(self.convmae.patch_embed1_query, frame)
 
     @staticmethod
@@ -166,13 +181,13 @@ class JointFormer(nn.Module):
         frames: int,
         grid: tuple[int, int],
         reference_valid: torch.Tensor | None = None,
-        attention: AttentionImpl = "torch",
+        attention: JointAttention = topk_joint_attention,
     ) -> torch.Tensor:
         """Current tokens B x n x C read T reference frames through the joint blocks -> f16 B x C x h x w.
 
         reference_kv: per block (keys, values), each B x heads x (T*n) x d.
         reference_valid: optional B x (T*n) bool, False for empty memory slots.
-        attention: implementation of the top-k joint attention ("torch" or "triton").
+        attention: the top-k joint attention (``topk_joint_attention`` or a fused kernel of its signature).
         """
         for blk, (k, v) in zip(self.joint_blocks, reference_kv, strict=True):
             tokens = blk.read(tokens, k, v, frames, reference_valid, attention)
@@ -184,7 +199,7 @@ class JointFormer(nn.Module):
         embed = self.convmae.patch_embed4_block5
         memory_token = embed(memory_token) + self.convmae.pos_embed[:, :1]
         tokens = embed(to_tokens(f16)) + self.grid_position(h, w)
-        for blk in self.convmae.blocks5:
+        for blk in self.enhance_blocks:
             memory_token, tokens = blk.enhance(memory_token, tokens)
         return to_map(self.convmae.norm(tokens), h, w)
 
@@ -200,6 +215,6 @@ class JointFormer(nn.Module):
         embed = self.convmae.patch_embed4_block4
         memory_token = embed(memory_token) + self.convmae.pos_embed[:, :1]
         tokens = embed(to_tokens(decoder_tokens)) + self.grid_position(h, w)
-        for blk in self.convmae.blocks4:
+        for blk in self.update_blocks:
             memory_token, tokens, _, _ = blk.with_memory_token(memory_token, tokens)
         return self.convmae.norm(memory_token)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jfdeploy.errors import JfDeployError
-from jfdeploy.fsutil import sha256_file
+from jfdeploy.fsutil import sha256_file, write_text_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "jfdeploy-engines"
@@ -50,17 +50,7 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
 def replace_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
     """Write a complete manifest (``files`` included) over ``directory``'s in one rename, so that readers see
     the old manifest or the new one, never a mix (``jfdeploy build`` commits its plans this way)."""
-    path = directory / MANIFEST
-    partial = directory / f".{MANIFEST}.{os.getpid()}.partial"
-    try:
-        with open(partial, "w") as f:
-            f.write(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
 def load_manifest(directory: str | os.PathLike, *, verify_files: bool = True) -> dict[str, Any]:
