@@ -577,6 +577,16 @@ class _RayPool:
             ray.shutdown()
 
 
+def _init_keeping_signal_handlers(ray, address: str | None) -> None:
+    """``ray.init``, then the SIGINT / SIGTERM handlers as they were: the driver installs its own, and the
+    command's (remove what it was writing, exit 130 / 143) must stay in charge."""
+    kept = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    ray.init(address=address)
+    for signum, handler in kept.items():
+        if handler is not None:
+            signal.signal(signum, handler)
+
+
 def _ray_resources(ray, spec: WorkerSpec, workers: int | None) -> tuple[dict[str, float], int, int]:
     """Per-actor resources, number of actors, threads per actor, from the cluster's resources."""
     cluster = ray.cluster_resources()
@@ -783,7 +793,7 @@ def _make_pool(
     ray = _import_ray()
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        ray.init(address=None if ray_address == "local" else ray_address)
+        _init_keeping_signal_handlers(ray, None if ray_address == "local" else ray_address)
     try:
         resources, count, threads = _ray_resources(ray, spec, workers)
     except BaseException:

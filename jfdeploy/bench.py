@@ -91,10 +91,11 @@ def missing_requirement(variant: str, device: str, engines: str | None) -> str |
     from jfdeploy.precision import cpu_has_bf16
     from jfdeploy.predictor import ENGINE_BACKENDS, RunOptions
 
-    options = RunOptions.from_variant(variant, engines=Path(engines) if engines else None)
-    cuda = device.startswith("cuda")
-    if options.backend in ENGINE_BACKENDS and engines is None:
+    if variant in ENGINE_BACKENDS and engines is None:
         return "needs --engines DIR (jfdeploy export)"
+    engine_dir = Path(engines) if engines and variant in ENGINE_BACKENDS else None
+    options = RunOptions.from_variant(variant, engines=engine_dir)
+    cuda = device.startswith("cuda")
     for package in ("tensorrt",) * (options.backend == "tensorrt") + ("triton",) * (options.attention == "triton"):
         if importlib.util.find_spec(package) is None:
             return f"{package} not installed"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ def local_ray(monkeypatch):
     monkeypatch.setenv(SLOW_FRAMES_ENV, "0.15")  # Ray's processes inherit the environment of ray.init
     source_root = str(Path(jfdeploy.__file__).resolve().parents[1])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])))
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -52,6 +54,8 @@ def local_ray(monkeypatch):
         yield ray
     finally:
         ray.shutdown()
+        for signum, handler in handlers.items():  # Ray's driver installs its own; later tests expect the defaults
+            signal.signal(signum, handler)
 
 
 def test_killed_actor_video_is_retried_and_written_once(local_ray, clips, spec, reference, tmp_path) -> None:
