@@ -246,10 +246,11 @@ class TensorCallRunner(BaseRunner):
         )
 
 
-def _stage_inputs(stage: str) -> dict[str, tuple[torch.dtype, tuple]]:
+def _stage_inputs(stage: str, widths: specs.Widths) -> dict[str, tuple[torch.dtype, tuple]]:
     """A stage's inputs as Polygraphy metadata: dtype and shape (symbols are dynamic dimensions)."""
+    shapes = specs.stage_shapes(widths)[stage]
     return {
-        name: (torch.bool if name in specs.BOOL_TENSORS else torch.float32, specs.SHAPES[stage][name])
+        name: (torch.bool if name in specs.BOOL_TENSORS else torch.float32, shapes[name])
         for name in specs.input_names(stage)
     }
 
@@ -266,6 +267,7 @@ class StageRunners:
         self.kinds = list(kinds)
         self.engines = Path(engines)
         self.manifest = manifest
+        self.widths = specs.Widths.from_manifest(manifest)
         self.device = device
         self._torch_stages = build_stages(model.eval()) if "torch" in kinds else None
         self._tensorrt = None
@@ -300,7 +302,7 @@ class StageRunners:
                 assert self._tensorrt is not None  # loaded when "tensorrt" is among the kinds
                 call = self._tensorrt.runners[stage]
             device = runner_device(kind, self.device)
-            runners.append(TensorCallRunner(kind, call, _stage_inputs(stage), outputs, device))
+            runners.append(TensorCallRunner(kind, call, _stage_inputs(stage, self.widths), outputs, device))
         return runners
 
 
@@ -310,12 +312,12 @@ def _tensorrt_profiles(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def comparison_size(manifest: Mapping[str, Any], kinds: Sequence[str]) -> specs.Size:
     """The stage inputs' size: the manifest's example size, or with TensorRT the first profile's smallest frame."""
-    size = specs.Size(**manifest["example_size"])
+    size = specs.Size(**manifest["example_size"], widths=specs.Widths.from_manifest(manifest))
     profiles = _tensorrt_profiles(manifest)
     if "tensorrt" in kinds and profiles:
         height, width = profiles[0]["min_hw"]
         objects = min(size.objects, manifest["tensorrt"].get("max_objects", size.objects))
-        size = specs.Size(objects, height, width, size.slots)
+        size = specs.Size(objects, height, width, size.slots, size.widths)
     return size
 
 
@@ -520,17 +522,17 @@ def predictor_factories(kinds: Sequence[str], *, model, engines: Path | None, de
     return {kind: factory(kind) for kind in kinds}
 
 
-def check_drift(segmenters: Mapping[str, Callable[[], Any]], clip: Clip, tolerances: Tolerances) -> list[FrameCheck]:
+def check_drift(predictors: Mapping[str, Callable[[], Any]], clip: Clip, tolerances: Tolerances) -> list[FrameCheck]:
     """Run the clip through each predictor (the first is the reference); one row per frame and pair.
 
-    segmenters: runner name -> a function making a fresh ``VideoPredictor`` (``predictor_factories``).
+    predictors: runner name -> a function making a fresh ``VideoPredictor`` (``predictor_factories``).
     """
-    runners = [PredictorRunner(name, make) for name, make in segmenters.items()]
+    runners = [PredictorRunner(name, make) for name, make in predictors.items()]
     feeds = [OrderedDict([("frame", frame), ("first_labels", clip.first_labels)]) for frame in clip.frames]
     run_results = _run(runners, feeds)
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
         compared = _compare(run_results, tolerances, CLIP, [CLIP_OUTPUT])
-    names = list(segmenters)
+    names = list(predictors)
     per_frame = len(names) - 1
     checks = []
     for index, check in enumerate(compared):

@@ -92,7 +92,7 @@ def example_size(model: JointFormer, slots: int) -> specs.Size:
     """A small square size at which every top-k candidate set holds >= k tokens (see token_limits)."""
     needed = frame_tokens_needed(token_limits(model.config), slots)
     side = max(4, math.isqrt(needed - 1) + 1)
-    return specs.Size(objects=2, height=16 * side, width=16 * side, slots=slots)
+    return specs.Size(objects=2, height=16 * side, width=16 * side, slots=slots, widths=specs.Widths.of(model.config))
 
 
 def export_engines(
@@ -132,6 +132,8 @@ def export_engines(
         tensorrt.check(slots=slots, limits=token_limits(model.config))
         require_tensorrt(hint=BUILD_HINT)
     example = example or example_size(model, slots)
+    if example.widths != specs.Widths.of(model.config):
+        raise JfDeployError(f"example size widths {example.widths} are not the model's {specs.Widths.of(model.config)}")
     stages = build_stages(model)
     report = progress or (lambda message: None)
     onnxslim = _import_onnxslim() if slim else None
@@ -162,8 +164,8 @@ def export_engines(
                 raise JfDeployError(f"{stage}: not parseable by TensorRT: " + "; ".join(problems[:5]))
             stage_entries[stage] = {
                 "onnx": path.name,
-                "inputs": _io_entries(graph.graph.input, stage),
-                "outputs": _io_entries(graph.graph.output, stage),
+                "inputs": _io_entries(graph.graph.input, stage, example.widths),
+                "outputs": _io_entries(graph.graph.output, stage, example.widths),
                 "nodes": len(graph.graph.node),
                 "nodes_before_slim": nodes_before_slim,
             }
@@ -174,7 +176,7 @@ def export_engines(
             "model": dataclasses.asdict(model.config),
             "memory": {"max_memory_frames": max_memory_frames, "slots": slots},
             "limits": token_limits(model.config),
-            "example_size": dataclasses.asdict(example),
+            "example_size": example.point(),  # the widths are the model's
             "checkpoint_sha256": checkpoint_sha256,
             "versions": manifest_io.package_versions(),
             "slim": slim_entry,
@@ -193,12 +195,13 @@ def export_engines(
 _ONNX_DTYPES = {1: "float32", 9: "bool", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32"}
 
 
-def _io_entries(values, stage: str) -> list[dict[str, Any]]:
+def _io_entries(values, stage: str, widths: specs.Widths) -> list[dict[str, Any]]:
+    shapes = specs.stage_shapes(widths)[stage]
     return [
         {
             "name": value.name,
             "dtype": _ONNX_DTYPES.get(value.type.tensor_type.elem_type, str(value.type.tensor_type.elem_type)),
-            "shape": list(specs.SHAPES[stage][value.name]),
+            "shape": list(shapes[value.name]),
         }
         for value in values
     ]

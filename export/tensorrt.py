@@ -41,10 +41,12 @@ from jfdeploy.plans import (
     DEFAULT_BUCKETS,
     Bucket,
     ShapeRange,
+    check_bucket_tokens,
     polygraphy_errors,
     profile_shapes,
     require_tensorrt,
 )
+from jfdeploy.specs import Widths
 
 TIMING_CACHE = "timing.cache"  # default timing cache, beside the plans (not hashed: a build input, not an engine)
 BUILD_HINT = ", on the GPU machine that will run the plans (`jfdeploy export --format onnx` needs neither)"
@@ -72,15 +74,18 @@ class BuildSettings:
         if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
             raise InputError(f"--optimization-level must be 0..5, got {self.optimization_level}")
 
-    def stage_profiles(self, stage: str, *, slots: int, limits: dict[str, Any]) -> list[dict[str, ShapeRange]]:
+    def stage_profiles(
+        self, stage: str, *, slots: int, limits: dict[str, Any], widths: Widths
+    ) -> list[dict[str, ShapeRange]]:
         return [
-            profile_shapes(stage, b, max_objects=self.max_objects, slots=slots, limits=limits) for b in self.buckets
+            profile_shapes(stage, b, max_objects=self.max_objects, slots=slots, limits=limits, widths=widths)
+            for b in self.buckets
         ]
 
     def check(self, *, slots: int, limits: dict[str, Any]) -> None:
         """Refuse buckets the graphs cannot run (too few tokens for the constant k), before any work."""
         for bucket in self.buckets:
-            profile_shapes("memory_reader", bucket, max_objects=self.max_objects, slots=slots, limits=limits)
+            check_bucket_tokens(bucket, slots=slots, limits=limits)
 
 
 def plan_loader(
@@ -162,7 +167,7 @@ def build_engine_dir(
             with polygraphy_errors(f"TensorRT could not build {stage}"), G_LOGGER.verbosity(G_LOGGER.WARNING):
                 plan = plan_loader(
                     directory / manifest["stages"][stage]["onnx"],
-                    settings.stage_profiles(stage, slots=slots, limits=limits),
+                    settings.stage_profiles(stage, slots=slots, limits=limits, widths=Widths.from_manifest(manifest)),
                     workspace_bytes=int(settings.workspace_gib * (1 << 30)),
                     timing_cache=cache_work,
                     tf32=settings.tf32,

@@ -1,4 +1,5 @@
-"""Many videos at once: a pool of workers (local processes or Ray actors), retries, resume, a summary.
+"""Many videos (or a dataset's sequences) at once: a pool of workers (local processes or Ray actors),
+retries, resume, a summary.
 
 What ``jfdeploy run-many`` does, as functions::
 
@@ -7,29 +8,38 @@ What ``jfdeploy run-many`` does, as functions::
     summary = run_many(jobs, "out/", spec, workers=2)                   # out/NAME/*.png, out/summary.json
     summary.failed                                                      # the videos that failed (exit status 1)
 
-Each worker (a process of ``multiprocessing``'s spawn context, or a Ray actor) loads the model once
-and then segments one video at a time with ``jfdeploy.pipeline.segment_video``, which commits each
-output folder atomically: ``out/NAME/`` exists only when complete. That makes the batch
+and ``jfdeploy eval --workers N`` (the scores are computed afterwards, in the calling process)::
 
-- resumable: a video whose folder exists is skipped (unless ``overwrite``);
-- safe to retry: when a worker dies (killed, segfault, out of memory, a lost Ray node) its video is
-  given to another worker, up to ``retries`` times, after the dead worker's staging folder
-  (``out/.NAME.partial-*``, named by ``jfdeploy.fsutil.new_staging_dir``) is removed; a video whose
-  folder was committed by the dead worker just before it died is not run again (the folder's inode
-  tells a folder committed during this batch from one that was there before), so no video is ever
-  completed twice.
+    jobs = jobs_from_sequences(datasets.davis("DAVIS", year=2017))     # one SequenceJob per sequence
+    summary = run_many(jobs, "out/masks", spec, workers=2, summary_path="out/workers.json")
+
+A job knows its output folder (``job.output(out_root)``: ``out/NAME/`` for a video, the dataset's layout
+for a sequence, ``datasets.sequence_folder``), when it is complete (``job.complete``) and how to run on
+a worker (``job.run``: ``jfdeploy.pipeline.segment_video`` for a video,
+``jfdeploy.evaluate.evaluate_sequence`` for a sequence). Each worker (a process of ``multiprocessing``'s
+spawn context, or a Ray actor) loads the model once and then runs one job at a time; both commit the
+output folder atomically (a staging folder ``.NAME.partial-*`` next to it, named by
+``jfdeploy.fsutil.new_staging_dir``, renamed onto it when complete). That makes the batch
+
+- resumable: a job whose output is complete is skipped (unless ``overwrite``);
+- safe to retry: when a worker dies (killed, segfault, out of memory, a lost Ray node) its job is
+  given to another worker, up to ``retries`` times, after the dead worker's staging folder is removed;
+  a job whose folder was committed by the dead worker just before it died is not run again (the
+  folder's inode tells a folder committed during this batch from one that was there before), so no
+  job is ever completed twice.
 
 Local workers are always processes, even for ``workers=1``: one code path, and a crash in the model
-(or a SIGKILL) costs one video, not the batch. A worker process runs inside ``fsutil.command_scope``:
+(or a SIGKILL) costs one job, not the batch. A worker process runs inside ``fsutil.command_scope``:
 SIGTERM / SIGINT remove its staging folder before it exits; after SIGKILL the driver removes it.
 
-Errors a user can cause inside one video (``JfDeployError``: a corrupt video, a mask of another size;
-out of memory) make that video "failed" with a one-line message; the others go on. An unexpected
-exception (a bug) makes the video "failed" too, with "internal error" in the message and the
+Errors a user can cause inside one job (``JfDeployError``: a corrupt video or frame, a mask of another
+size; out of memory) make that job "failed" with a one-line message; the others go on. An unexpected
+exception (a bug) makes the job "failed" too, with "internal error" in the message and the
 traceback in the summary. An error while a worker loads the model (a bad checkpoint) stops the batch.
 
 Test-only hook: the environment variable ``JFDEPLOY_TEST_SLOW_FRAMES`` (seconds, float) makes every
-worker sleep that long before each frame, so that tests can kill a worker while it is mid-video.
+worker sleep that long before each frame it reads (videos and sequences), so that tests can kill a
+worker while it is mid-job.
 """
 
 from __future__ import annotations
@@ -37,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import multiprocessing
 import os
 import re
@@ -54,8 +63,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_any
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
+
+from jfdeploy import datasets
 from jfdeploy.errors import InputError, JfDeployError, exit_status
 from jfdeploy.fsutil import command_scope, make_dirs, write_text_atomic
 from jfdeploy.io.video import FrameSource
@@ -78,6 +90,81 @@ class Job:
     video: Path
     mask: Path
     name: str  # output folder <out>/<name>/; the video's stem (a folder's name)
+    kind: ClassVar[str] = "video"
+
+    @property
+    def source(self) -> str:
+        return str(self.video)
+
+    def output(self, out_root: str | os.PathLike) -> Path:
+        """The folder the job commits: ``out_root/NAME``."""
+        return Path(out_root) / self.name
+
+    def complete(self, out_root: str | os.PathLike) -> bool:
+        """Whether its output exists (``segment_video`` commits a folder only when it is complete)."""
+        return self.output(out_root).is_dir()
+
+    def run(self, worker: Worker, out_root: str | os.PathLike, overwrite: bool) -> tuple[int, float]:
+        """Segment the video with ``worker``'s predictor; (frames, model seconds). Errors propagate."""
+        from jfdeploy.io import open_frames
+        from jfdeploy.pipeline import segment_video
+
+        source = open_frames(self.video)
+        delay = _test_frame_delay()
+        if delay:
+            source = _SlowFrames(source, delay)
+        summary = segment_video(
+            worker.model,
+            source,
+            self.mask,
+            self.output(out_root),
+            options=worker.spec.options,
+            overwrite=overwrite,
+            progress=False,
+            predictor=worker.predictor,
+        )
+        return summary.frames, summary.seconds
+
+
+@dataclass(frozen=True, eq=False)
+class SequenceJob:
+    """One sequence of a VOS dataset to segment as ``jfdeploy eval`` does (``evaluate.evaluate_sequence``)."""
+
+    sequence: datasets.Sequence
+    kind: ClassVar[str] = "sequence"
+
+    @property
+    def name(self) -> str:
+        return self.sequence.name
+
+    @property
+    def source(self) -> str:
+        return str(self.sequence.frames[0].parent)
+
+    def output(self, out_root: str | os.PathLike) -> Path:
+        """The folder the job commits (``datasets.sequence_folder``): ``out_root/<seq>`` (davis),
+        ``out_root/Annotations/<vid>`` (youtube)."""
+        return datasets.sequence_folder(out_root, self.sequence)
+
+    def complete(self, out_root: str | os.PathLike) -> bool:
+        """Whether every frame to save has its mask (``datasets.sequence_complete``)."""
+        return datasets.sequence_complete(out_root, self.sequence)
+
+    def run(self, worker: Worker, out_root: str | os.PathLike, overwrite: bool) -> tuple[int, float]:
+        """Segment the sequence into its folder, replacing it (the driver runs only incomplete ones, or
+        every one with ``overwrite``); (frames segmented, seconds, reading and writing included)."""
+        from jfdeploy.evaluate import evaluate_sequence
+
+        sequence = self.sequence
+        delay = _test_frame_delay()
+        if delay:
+            sequence = _slow_sequence(sequence, delay)
+        start = time.perf_counter()
+        frames = evaluate_sequence(worker.predictor, sequence, out_root)
+        return frames, time.perf_counter() - start
+
+
+AnyJob = Job | SequenceJob
 
 
 def video_name(video: str | os.PathLike) -> str:
@@ -92,13 +179,13 @@ def _check_name(name: str, where: str) -> str:
     return name
 
 
-def check_unique_names(jobs: Sequence[Job]) -> None:
-    """InputError naming both videos if two jobs would write the same output folder."""
-    seen: dict[str, Job] = {}
+def check_unique_names(jobs: Sequence[AnyJob]) -> None:
+    """InputError naming both inputs if two jobs would write the same output folder."""
+    seen: dict[str, AnyJob] = {}
     for job in jobs:
         if job.name in seen:
             raise InputError(
-                f"two videos have the output name {job.name!r}: {seen[job.name].video} and {job.video} "
+                f"two {job.kind}s have the output name {job.name!r}: {seen[job.name].source} and {job.source} "
                 "(outputs go to OUT/NAME/; rename one, or give names in a manifest)"
             )
         seen[job.name] = job
@@ -169,6 +256,19 @@ def jobs_from_manifest(path: str | os.PathLike) -> list[Job]:
     return jobs
 
 
+def jobs_from_sequences(sequences: Iterable[datasets.Sequence]) -> list[SequenceJob]:
+    """One job per sequence of a dataset (``jfdeploy.datasets``); InputError for a name that cannot name a
+    folder or is given twice."""
+    jobs = [SequenceJob(_check_sequence_name(sequence)) for sequence in sequences]
+    check_unique_names(jobs)
+    return jobs
+
+
+def _check_sequence_name(sequence: datasets.Sequence) -> datasets.Sequence:
+    _check_name(sequence.name, f"sequence {sequence.name!r}")
+    return sequence
+
+
 # ----------------------------------------------------------------------------------------- workers
 
 
@@ -176,8 +276,9 @@ def jobs_from_manifest(path: str | os.PathLike) -> list[Job]:
 class WorkerSpec:
     """Everything a worker needs to build its model (picklable: it travels to processes and Ray actors).
 
-    ``options`` is passed to ``segment_video`` as is. With ``options.engines`` set (backends
-    onnxruntime / tensorrt) no PyTorch model is loaded and ``checkpoint`` must be None.
+    ``options`` builds the worker's ``VideoPredictor`` (and is passed to ``segment_video`` as is). With
+    ``options.engines`` set (backends onnxruntime / tensorrt) no PyTorch model is loaded and ``checkpoint``
+    must be None.
     ``device``: where the PyTorch model runs ("cpu", "cuda", "cuda:1"); local workers given plain
     "cuda" are spread over the visible GPUs, Ray actors get one GPU each. ``threads``: PyTorch
     threads (and Ray CPUs) per worker; None: the CPUs divided among the workers.
@@ -196,11 +297,12 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class VideoResult:
-    """What became of one video. ``frames``/``seconds``/``fps`` are None where unknown (failed, skipped)."""
+    """What became of one job (a video or a sequence). ``frames``/``seconds``/``fps`` are None where unknown
+    (failed, skipped)."""
 
     name: str
     frames: int | None
-    seconds: float | None  # model time (segment_video's RunSummary.seconds), not wall time
+    seconds: float | None  # videos: model time (segment_video's RunSummary.seconds); sequences: the worker's time
     fps: float | None
     status: str  # "done", "failed" or "skipped"
     error: str | None = None  # one line, for "failed"
@@ -229,6 +331,22 @@ class _SlowFrames(FrameSource):
             yield item
 
 
+@dataclass
+class _SlowSequence(datasets.Sequence):
+    """A sequence whose frames are each read after a sleep (the ``JFDEPLOY_TEST_SLOW_FRAMES`` test hook)."""
+
+    delay: float = 0.0
+
+    def read_frame(self, index: int) -> np.ndarray:
+        time.sleep(self.delay)
+        return super().read_frame(index)
+
+
+def _slow_sequence(sequence: datasets.Sequence, delay: float) -> _SlowSequence:
+    fields = {f.name: getattr(sequence, f.name) for f in dataclasses.fields(sequence)}
+    return _SlowSequence(**fields, delay=delay)
+
+
 def _test_frame_delay() -> float:
     try:
         return max(0.0, float(os.environ.get(SLOW_FRAMES_ENV, "0") or 0))
@@ -241,7 +359,8 @@ def _one_line(text: str) -> str:
 
 
 class Worker:
-    """Loads the model and builds its predictor once (in ``__init__``), then segments videos one at a time."""
+    """Loads the model and builds its predictor once (in ``__init__``), then runs jobs (videos, sequences)
+    one at a time."""
 
     def __init__(self, spec: WorkerSpec, name: str = "worker") -> None:
         import torch
@@ -264,29 +383,13 @@ class Worker:
             self.model = model.to(torch.device(spec.device))
         self.predictor = VideoPredictor(self.model, spec.options)  # engines and segmenters built once, too
 
-    def run(self, job: Job, out_root: str | os.PathLike, *, overwrite: bool = False) -> VideoResult:
-        """Segment ``job`` into ``out_root/job.name/``; a failure becomes a "failed" result, not an exception.
+    def run(self, job: AnyJob, out_root: str | os.PathLike, *, overwrite: bool = False) -> VideoResult:
+        """Run ``job`` into ``job.output(out_root)``; a failure becomes a "failed" result, not an exception.
 
         KeyboardInterrupt (and ``jfdeploy.errors.Interrupted``) still propagates: the batch stops.
         """
-        from jfdeploy.io import open_frames
-        from jfdeploy.pipeline import segment_video
-
         try:
-            source = open_frames(job.video)
-            delay = _test_frame_delay()
-            if delay:
-                source = _SlowFrames(source, delay)
-            summary = segment_video(
-                self.model,
-                source,
-                job.mask,
-                Path(out_root) / job.name,
-                options=self.spec.options,
-                overwrite=overwrite,
-                progress=False,
-                predictor=self.predictor,
-            )
+            frames, seconds = job.run(self, out_root, overwrite)
         except Exception as exc:
             status = exit_status(exc)
             trace = None
@@ -297,8 +400,8 @@ class Worker:
                 message = status[1]
             self._release_memory()
             return VideoResult(job.name, None, None, None, "failed", message, self.name, traceback=trace)
-        fps = summary.fps if math.isfinite(summary.fps) else None
-        return VideoResult(job.name, summary.frames, summary.seconds, fps, "done", None, self.name)
+        fps = frames / seconds if seconds > 0 else None
+        return VideoResult(job.name, frames, seconds, fps, "done", None, self.name)
 
     def _release_memory(self) -> None:
         import torch
@@ -339,7 +442,7 @@ def _local_worker_main(spec: WorkerSpec, index: int, conn: Connection, out_root:
     Messages to the driver: ("ready", name), ("fatal", exception), ("result", VideoResult).
     """
     try:
-        with command_scope():  # SIGTERM / SIGINT: segment_video's staging folder is removed on the way out
+        with command_scope():  # SIGTERM / SIGINT: the job's staging folder is removed on the way out
             try:
                 spec = dataclasses.replace(spec, device=_local_device(spec.device, index))
                 worker = Worker(spec, name=f"local-{index} (pid {os.getpid()})")
@@ -363,7 +466,7 @@ class _Slot:
     name: str
     handle: Any  # local: (Process, Connection); Ray: the actor handle
     ready: bool = False
-    job: Job | None = None
+    job: AnyJob | None = None
 
 
 def _exit_description(code: int | None) -> str:
@@ -401,7 +504,7 @@ class _LocalPool:
         worker_end.close()
         self.slots.append(_Slot(index, f"local-{index}", (process, driver_end)))
 
-    def submit(self, slot: _Slot, job: Job) -> None:
+    def submit(self, slot: _Slot, job: AnyJob) -> None:
         slot.job = job
         slot.handle[1].send(job)
 
@@ -486,7 +589,7 @@ class RayWorker:
     def ready(self) -> tuple[str, Any]:
         return ("fatal", self._error) if self._error is not None else ("ready", self._name)
 
-    def run(self, job: Job, out_root: str, overwrite: bool) -> VideoResult:
+    def run(self, job: AnyJob, out_root: str, overwrite: bool) -> VideoResult:
         assert self._worker is not None
         return self._worker.run(job, out_root, overwrite=overwrite)
 
@@ -505,7 +608,7 @@ class _RayPool:
         self._death_errors = tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
         self._spec, self._out_root, self._overwrite, self._resources = spec, out_root, overwrite, resources
         self._prefix = f"jfdeploy-worker-{uuid.uuid4().hex[:8]}"  # actor names: PREFIX-INDEX
-        self._calls: dict[Any, tuple[_Slot, Job | None]] = {}  # object ref -> (slot, job; None for ready())
+        self._calls: dict[Any, tuple[_Slot, AnyJob | None]] = {}  # object ref -> (slot, job; None for ready())
         self.slots: list[_Slot] = []
         self.started = 0
 
@@ -520,7 +623,7 @@ class _RayPool:
         self.slots.append(slot)
         self._calls[actor.ready.remote()] = (slot, None)
 
-    def submit(self, slot: _Slot, job: Job) -> None:
+    def submit(self, slot: _Slot, job: AnyJob) -> None:
         slot.job = job
         self._calls[slot.handle.run.remote(job, str(self._out_root), self._overwrite)] = (slot, job)
 
@@ -661,19 +764,23 @@ class BatchSummary:
 
 
 def _staging_pattern(name: str) -> re.Pattern[str]:
-    """``fsutil.new_staging_dir``'s folder for ``out/name``: ``.NAME.partial-`` + tempfile's 8 characters."""
+    """``fsutil.new_staging_dir``'s folder for ``parent/name``: ``.NAME.partial-`` + tempfile's 8 characters."""
     return re.compile(rf"\.{re.escape(name)}\.partial-[a-z0-9_]{{8}}")
 
 
-def remove_stale_staging(out_root: Path, names: Iterable[str]) -> list[Path]:
-    """Remove the staging folders of ``names`` under ``out_root`` (call only when no worker is writing them)."""
-    patterns = [_staging_pattern(name) for name in names]
+def remove_stale_staging(outputs: Iterable[Path]) -> list[Path]:
+    """Remove the staging folders of the output folders ``outputs`` (``job.output(out_root)``), which lie next
+    to them in their parent folders (call only when no worker is writing them)."""
+    by_parent: dict[Path, list[re.Pattern[str]]] = {}
+    for output in outputs:
+        by_parent.setdefault(Path(output).parent, []).append(_staging_pattern(Path(output).name))
     removed = []
-    with contextlib.suppress(FileNotFoundError):
-        for entry in out_root.iterdir():
-            if entry.name.startswith(".") and any(p.fullmatch(entry.name) for p in patterns):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
+    for parent, patterns in by_parent.items():
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in parent.iterdir():
+                if entry.name.startswith(".") and any(p.fullmatch(entry.name) for p in patterns):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
     return removed
 
 
@@ -687,6 +794,7 @@ def _folder_id(path: Path) -> tuple[int, int] | None:
 
 
 def _frames_on_disk(folder: Path) -> int:
+    """The masks in a committed output folder (a sequence's: the frames the benchmark saves)."""
     return sum(1 for f in folder.iterdir() if f.suffix == ".png")
 
 
@@ -697,26 +805,29 @@ def _cpu_count() -> int:
 
 
 class _Driver:
-    """The bookkeeping of one batch: what is pending, how often each video was handed out, what came of it."""
+    """The bookkeeping of one batch: what is pending, how often each job was handed out, what came of it."""
 
-    def __init__(self, jobs: list[Job], out_root: Path, overwrite: bool, retries: int, progress: bool) -> None:
+    def __init__(self, jobs: list[AnyJob], out_root: Path, overwrite: bool, retries: int, progress: bool) -> None:
         from tqdm import tqdm
 
         self.out_root, self.retries = out_root, retries
+        self.kinds = {job.name: job.kind for job in jobs}
         self.results: dict[str, VideoResult] = {}
         self.attempts: Counter[str] = Counter()
-        self.died_on: dict[str, str] = {}  # video -> the worker that died running it last
+        self.died_on: dict[str, str] = {}  # job -> the worker that died running it last
         # (device, inode) of each output folder at the start: a folder committed during the batch differs
-        self.initial_ids = {job.name: _folder_id(out_root / job.name) for job in jobs}
+        self.initial_ids = {job.name: _folder_id(job.output(out_root)) for job in jobs}
         self.to_run = []
         for job in jobs:
-            folder = out_root / job.name
-            if self.initial_ids[job.name] is not None and not overwrite and folder.is_dir():
-                self.results[job.name] = VideoResult(job.name, _frames_on_disk(folder), None, None, "skipped")
+            if self.initial_ids[job.name] is not None and not overwrite and job.complete(out_root):
+                frames = _frames_on_disk(job.output(out_root))
+                self.results[job.name] = VideoResult(job.name, frames, None, None, "skipped")
             else:
                 self.to_run.append(job)
         self.pending = deque(self.to_run)
-        self.bar = tqdm(total=len(jobs), initial=len(self.results), unit="video", desc="run-many", disable=not progress)
+        kinds = sorted(set(self.kinds.values()))
+        unit = kinds[0] if len(kinds) == 1 else "job"
+        self.bar = tqdm(total=len(jobs), initial=len(self.results), unit=unit, desc=f"{unit}s", disable=not progress)
 
     def finish(self, result: VideoResult) -> None:
         from tqdm import tqdm
@@ -724,14 +835,14 @@ class _Driver:
         result = dataclasses.replace(result, attempts=self.attempts[result.name])
         self.results[result.name] = result
         if result.status == "failed":
-            tqdm.write(f"run-many: {result.name} failed: {result.error}", file=sys.stderr)
+            tqdm.write(f"{self.kinds[result.name]} {result.name} failed: {result.error}", file=sys.stderr)
         self.bar.update()
 
-    def next_job(self) -> Job | None:
+    def next_job(self) -> AnyJob | None:
         """The next job to hand out; one whose folder appeared since the start is not run again."""
         while self.pending:
             job = self.pending.popleft()
-            folder = self.out_root / job.name
+            folder = job.output(self.out_root)
             if _folder_id(folder) == self.initial_ids[job.name]:
                 self.attempts[job.name] += 1
                 return job
@@ -742,10 +853,10 @@ class _Driver:
                 self.finish(VideoResult(job.name, frames, None, None, "skipped"))
         return None
 
-    def worker_died(self, job: Job, worker: str, why: str) -> None:
+    def worker_died(self, job: AnyJob, worker: str, why: str) -> None:
         """``job``'s worker is dead: remove its staging folder, then hand the job out again or fail it."""
         self.died_on[job.name] = worker
-        remove_stale_staging(self.out_root, [job.name])  # its worker is dead: nobody writes it any more
+        remove_stale_staging([job.output(self.out_root)])  # its worker is dead: nobody writes it any more
         if self.attempts[job.name] <= self.retries:
             self.pending.appendleft(job)
         else:
@@ -805,7 +916,7 @@ def _make_pool(
 
 
 def run_many(
-    jobs: Sequence[Job],
+    jobs: Sequence[AnyJob],
     out_root: str | os.PathLike,
     spec: WorkerSpec,
     *,
@@ -814,24 +925,29 @@ def run_many(
     retries: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    summary_path: str | os.PathLike | None = None,
 ) -> BatchSummary:
-    """Segment every job into ``out_root/NAME/`` with a pool of workers; write ``out_root/summary.json``.
+    """Run every job into its output folder under ``out_root`` (``job.output``) with a pool of workers; write
+    the summary JSON (``summary_path``, default ``out_root/summary.json``).
 
     Args:
-        jobs: from ``jobs_from_videos`` / ``jobs_from_manifest`` (names must be unique).
+        jobs: videos (``jobs_from_videos`` / ``jobs_from_manifest``: ``out_root/NAME/``) or dataset
+            sequences (``jobs_from_sequences``: the dataset's layout under ``out_root``); names must be unique.
         spec: the model every worker loads once.
         workers: how many workers. Local default 1; with Ray, default as many as the cluster fits
-            (one per GPU for a CUDA device, else one per ``spec.threads`` CPUs). Never more than videos to run.
+            (one per GPU for a CUDA device, else one per ``spec.threads`` CPUs). Never more than jobs to run.
         ray_address: None: local processes. "local": a Ray instance started here (or the one this
             process already initialized); else the address of a Ray cluster (``ray.init(address)``;
             the output folder must be visible at the same path on every node).
-        retries: how often a video whose worker died is given to another worker.
-        overwrite: recompute videos whose output folder exists (default: skip them, i.e. resume).
-        progress: a progress bar over videos on stderr. Failed videos get a line on stderr regardless.
+        retries: how often a job whose worker died is given to another worker.
+        overwrite: recompute jobs whose output is complete (default: skip them, i.e. resume).
+        progress: a progress bar over jobs on stderr. Failed jobs get a line on stderr regardless.
+        summary_path: where the summary JSON goes (``jfdeploy eval`` puts it beside the scores, as
+            ``workers.json``).
 
     Returns the summary; the command line exits with 1 if ``summary.failed``. A KeyboardInterrupt or
     ``jfdeploy.errors.Interrupted`` (SIGTERM) stops the workers, removes their unfinished folders and
-    propagates; completed video folders stay, and no summary is written. An error while a worker
+    propagates; completed output folders stay, and no summary is written. An error while a worker
     loads the model (or its death then) stops the batch the same way, with that error.
     """
     jobs = list(jobs)
@@ -850,7 +966,8 @@ def run_many(
         count, engine, started = 0, "ray" if ray_address is not None else "local", 0
         try:
             if driver.to_run:
-                remove_stale_staging(out_root, [job.name for job in driver.to_run])  # an earlier, killed batch's
+                outputs = [job.output(out_root) for job in driver.to_run]
+                remove_stale_staging(outputs)  # an earlier, killed batch's
                 pool, count, spec = _make_pool(spec, workers, ray_address, out_root, overwrite)
                 count = min(count, len(driver.to_run))
                 finished = False
@@ -860,7 +977,7 @@ def run_many(
                 finally:
                     pool.close(force=not finished)
                     started = pool.started
-                    remove_stale_staging(out_root, [job.name for job in driver.to_run])
+                    remove_stale_staging(outputs)
         finally:
             driver.bar.close()
         summary = BatchSummary(
@@ -871,7 +988,7 @@ def run_many(
             threads=spec.threads or 0,
             device=spec.device,
             workers_started=started,
-            path=out_root / SUMMARY_NAME,
+            path=Path(summary_path) if summary_path is not None else out_root / SUMMARY_NAME,
         )
         write_text_atomic(summary.path, json.dumps(summary.to_json(), indent=2) + "\n")
     return summary

@@ -64,6 +64,7 @@ class RowSpec:
     engines: str | None
     device: str
     width: int | None = None  # None: 16:9
+    count_flops: bool = False  # also count the timed frames' flops, in a second (untimed) pass
 
     @property
     def size(self) -> tuple[int, int]:
@@ -82,6 +83,7 @@ class Row:
     frame_ms: list[float] = field(default_factory=list)
     mean_iou_vs_eager: float | None = None
     skipped: str | None = None
+    gflop_per_frame: float | None = None  # mean over the timed frames (torch.utils.flop_counter), PyTorch backends
 
 
 def missing_requirement(variant: str, device: str, engines: str | None) -> str | None:
@@ -182,12 +184,35 @@ def run_row(spec: RowSpec) -> tuple[dict[str, Any], np.ndarray]:
             maps.append(result.labels)
     row = Row(spec.variant, spec.refs, spec.objects, f"{height}x{width}", frame_ms=times)
     row.fps = 1e3 / statistics.median(times)
+    if spec.count_flops and model is not None:
+        row.gflop_per_frame = mean_gflop(predictor, frames, labels[0], spec.warmup)
     if cuda:
         row.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
         row.process_memory_mb = _nvml_process_mb()
     else:
         row.peak_memory_mb = _peak_rss_mb()
     return dataclasses.asdict(row), np.stack(maps)
+
+
+def mean_gflop(predictor, frames: np.ndarray, first_mask: np.ndarray, warmup: int) -> float:
+    """Mean GFLOP per frame from frame ``warmup`` on, the clip run again from the start (``frames``: T x H x W x 3),
+    as PyTorch's flop counter counts them (matrix products, convolutions, attention; not element-wise work)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from jfdeploy.predictor import predict_frames
+
+    predictor.reset()
+    results = predict_frames(predictor, ((f"{t:05d}", f) for t, f in enumerate(frames)), {0: first_mask},
+                             frame_count=len(frames))  # fmt: skip
+    total = 0
+    for index in range(len(frames)):
+        if index < warmup:
+            next(results)
+            continue
+        with FlopCounterMode(display=False) as counter:  # one counter per frame: entering one clears it
+            next(results)
+        total += counter.get_total_flops()
+    return total / (len(frames) - warmup) / 1e9
 
 
 def _run_in_child(spec: RowSpec, queue) -> None:

@@ -44,6 +44,8 @@ __all__ = [
     "mask_path",
     "missing_masks",
     "sequence_complete",
+    "sequence_folder",
+    "write_frame_mask",
     "write_sequence_masks",
     "youtube_vos",
 ]
@@ -480,16 +482,38 @@ def generic(
 # --------------------------------------------------------------------------------- writing and resuming
 
 
-def mask_path(
-    out_root: str | os.PathLike[str], sequence: Sequence, frame_index: int, layout: Layout | None = None
-) -> Path:
-    """Where the mask of frame ``frame_index`` goes: ``out_root/<seq>/<frame>.png`` (davis) or
-    ``out_root/Annotations/<vid>/<frame>.png`` (youtube); ``layout`` defaults to ``sequence.layout``."""
+def sequence_folder(out_root: str | os.PathLike[str], sequence: Sequence, layout: Layout | None = None) -> Path:
+    """The folder of a sequence's masks: ``out_root/<seq>`` (davis) or ``out_root/Annotations/<vid>`` (youtube);
+    ``layout`` defaults to ``sequence.layout``. An evaluation writes it whole (staged, then renamed into place)."""
     layout = layout or sequence.layout
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     base = Path(out_root) / "Annotations" if layout == "youtube" else Path(out_root)
-    return base / sequence.name / f"{sequence.frame_names[frame_index]}.png"
+    return base / sequence.name
+
+
+def mask_path(
+    out_root: str | os.PathLike[str], sequence: Sequence, frame_index: int, layout: Layout | None = None
+) -> Path:
+    """Where the mask of frame ``frame_index`` goes: ``sequence_folder(...)/<frame>.png``."""
+    return sequence_folder(out_root, sequence, layout) / f"{sequence.frame_names[frame_index]}.png"
+
+
+def _check_labels(sequence: Sequence, frame_index: int, labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != tuple(sequence.size):
+        raise InputError(
+            f"{sequence.name} frame {frame_index}: labels are {labels.shape}, the sequence {sequence.size}"
+        )
+    return labels
+
+
+def write_frame_mask(folder: str | os.PathLike[str], sequence: Sequence, frame_index: int, labels: np.ndarray) -> Path:
+    """Write one frame's labels (uint8 [H, W], H x W = ``sequence.size``) as ``folder/<frame>.png`` with the
+    sequence's palette, atomically; InputError for labels of another size. ``folder`` is the sequence's
+    folder (``sequence_folder``) or a staging folder that becomes it."""
+    labels = _check_labels(sequence, frame_index, labels)
+    return write_label_png(Path(folder) / f"{sequence.frame_names[frame_index]}.png", labels, sequence.palette)
 
 
 def write_sequence_masks(
@@ -500,7 +524,7 @@ def write_sequence_masks(
     layout: Layout | None = None,
     all_frames: bool = False,
 ) -> Path | None:
-    """Write one frame's labels as a palette PNG (the sequence's palette), atomically.
+    """Write one frame's labels as a palette PNG (the sequence's palette), atomically, at ``mask_path``.
 
     Frames whose ``sequence.save`` flag is False are skipped (None is returned) unless ``all_frames``:
     the YouTube-VOS server wants exactly the meta.json frames. Call it for every frame.
@@ -516,14 +540,10 @@ def write_sequence_masks(
     Returns:
         The path written, or None for a skipped frame.
     """
-    labels = np.asarray(labels)
-    if labels.shape != tuple(sequence.size):
-        raise InputError(
-            f"{sequence.name} frame {frame_index}: labels are {labels.shape}, the sequence {sequence.size}"
-        )
+    labels = _check_labels(sequence, frame_index, labels)
     if not (all_frames or sequence.save[frame_index]):
         return None
-    return write_label_png(mask_path(out_root, sequence, frame_index, layout), labels, sequence.palette)
+    return write_frame_mask(sequence_folder(out_root, sequence, layout), sequence, frame_index, labels)
 
 
 def _mask_ok(path: Path, size: tuple[int, int]) -> bool:

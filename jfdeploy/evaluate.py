@@ -5,8 +5,10 @@ Per sequence (``jfdeploy.datasets.Sequence``): frames are read at their size and
 Table 8) is the predictor's (``RunOptions.sizes`` / ``flip``: one segmenter each, probabilities
 averaged at the original size); the argmax is written with the dataset's labels. Objects that
 appear on later frames (YouTube-VOS) get their masks on those frames with only their labels valid.
-A sequence is written to a temporary folder and moved into place when complete, so an interrupted
-evaluation resumes where it stopped (and keeps only complete sequences).
+A sequence is written to a staging folder next to its own and renamed into place when complete
+(``evaluate_sequence``), so an interrupted evaluation resumes where it stopped (and keeps only complete
+sequences). ``evaluate_dataset`` runs the sequences in this process; ``jfdeploy eval --workers N``
+runs them on ``jfdeploy.batch``'s pool of workers (``SequenceJob``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +25,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from jfdeploy import fsutil
+from jfdeploy import datasets, fsutil
+from jfdeploy.datasets import Sequence
 from jfdeploy.errors import JfDeployError
 from jfdeploy.predictor import VideoPredictor, predict_frames
 
 
-def segment_sequence(predictor: VideoPredictor, sequence) -> Iterator[tuple[int, np.ndarray]]:
+def segment_sequence(predictor: VideoPredictor, sequence: Sequence) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame index, labels uint8 H x W at the original size) for every frame of ``sequence`` from
     its first annotation on. A later annotation starts the objects new on it (its other labels are not
     taken as corrections: the published evaluation gives only new objects on later frames)."""
@@ -48,48 +52,52 @@ def segment_sequence(predictor: VideoPredictor, sequence) -> Iterator[tuple[int,
             yield result.index, result.labels
 
 
+def evaluate_sequence(predictor: VideoPredictor, sequence: Sequence, out_root: str | os.PathLike) -> int:
+    """Segment ``sequence`` and write its masks (the frames the benchmark saves) into its folder under
+    ``out_root`` (``datasets.sequence_folder``), replacing what was there; return the frames segmented.
+
+    The masks go to a staging folder next to the sequence's folder (``.NAME.partial-*``), renamed onto it
+    when every frame is written: the folder is complete or absent, never half-written. On any error
+    (JfDeployError for a corrupt frame or annotation) the staging folder is removed and the old folder
+    stays as it was.
+    """
+    frames = 0
+    # a registered staging folder (fsutil.new_staging_dir), committed when the block ends, discarded on an error
+    with fsutil.atomic_directory(datasets.sequence_folder(out_root, sequence), overwrite=True) as staging:
+        for index, labels in segment_sequence(predictor, sequence):
+            frames += 1
+            if sequence.save[index]:
+                datasets.write_frame_mask(staging, sequence, index, labels)
+    return frames
+
+
 def evaluate_dataset(
     predictor: VideoPredictor,
-    sequences: list,
-    out_root: Path,
+    sequences: list[Sequence],
+    out_root: str | os.PathLike,
     *,
-    write_masks,
-    is_complete,
     progress: bool = True,
     overwrite: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
-    """Segment every sequence not yet complete under ``out_root`` (every one if ``overwrite``); return the
-    names (re)computed and, by name, the one-line error of each sequence that failed (a corrupt frame, a
-    bad annotation: the others still run).
+    """Segment, in this process, every sequence not yet complete under ``out_root`` (every one if
+    ``overwrite``) with ``evaluate_sequence``; return the names (re)computed and, by name, the one-line
+    error of each sequence that failed (a corrupt frame, a bad annotation: the others still run).
 
-    write_masks(root, sequence, index, labels) -> path written (or None) and is_complete(root, sequence)
-    come from ``jfdeploy.datasets`` (they know the layout). Each sequence is written into a staging folder
-    and its folder renamed into place when complete (replacing what was there): an interruption keeps
-    the sequences already complete, and only those.
+    An interruption keeps the sequences already complete, and only those (``datasets.sequence_complete``
+    tells them on the next run). ``jfdeploy.batch.run_many`` with ``SequenceJob``s does the same on a
+    pool of workers.
     """
     done: list[str] = []
     failed: dict[str, str] = {}
     fsutil.make_dirs(out_root)
-    pending = [s for s in sequences if overwrite or not is_complete(out_root, s)]
+    pending = [s for s in sequences if overwrite or not datasets.sequence_complete(out_root, s)]
     for sequence in tqdm(pending, desc="sequences", unit="seq", disable=not progress):
-        staging = fsutil.new_staging_dir(out_root)
         try:
-            folders = set()
-            for index, labels in segment_sequence(predictor, sequence):
-                if sequence.save[index]:
-                    written = write_masks(staging, sequence, index, labels)
-                    if written is not None:
-                        folders.add(Path(written).parent)
-            for folder in folders:  # the sequence's folder(s), each moved into place in one rename
-                target = out_root / folder.relative_to(staging)
-                fsutil.make_dirs(target.parent)
-                fsutil.commit(folder, target)
+            evaluate_sequence(predictor, sequence, out_root)
         except JfDeployError as error:
             failed[sequence.name] = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"sequence {sequence.name} failed: {failed[sequence.name]}", file=sys.stderr)
             continue
-        finally:
-            fsutil.discard(staging)
         done.append(sequence.name)
     return done, failed
 

@@ -63,13 +63,12 @@ def read_prompts(path: str | os.PathLike, source: FrameSource, max_objects: int)
     files = sorted(path.glob("*.png"))
     if not files:
         raise InputError(f"mask folder {path} holds no .png masks")
-    names = getattr(source, "names", None)
-    index_of = {name: i for i, name in enumerate(names)} if names and not getattr(source, "live", False) else None
+    index_of = {name: i for i, name in enumerate(source.names)} if source.names and not source.live else None
     prompts, object_ids, palette = {}, [], None
     for file in files:
         index = index_of.get(file.stem) if index_of is not None else (int(file.stem) if file.stem.isdigit() else None)
         if index is None:
-            expected = f"named like {names[0]!r}" if names else "numbered from 0"
+            expected = f"named like {source.names[0]!r}" if index_of else "numbered from 0"
             raise InputError(f"mask {file} names no frame of the video (frames are {expected})")
         labels, ids, file_palette = read_first_mask(file, source.size, max_objects)
         prompts[index] = labels
@@ -127,4 +126,4 @@ def segment_video(
                 writer.write(result.rgb, result.labels)
             bar.update()
             bar.set_postfix(fps=f"{frames / seconds:.2f}")
-    return RunSummary(frames=frames, object_ids=object_ids, seconds=seconds, dropped=getattr(source, "dropped", 0))
+    return RunSummary(frames=frames, object_ids=object_ids, seconds=seconds, dropped=source.dropped)

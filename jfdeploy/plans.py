@@ -67,18 +67,23 @@ def parse_bucket(text: str) -> Bucket:
     return Bucket((h0, w0), (h1, w1), (h2, w2))
 
 
-def profile_shapes(
-    stage: str, bucket: Bucket, *, max_objects: int, slots: int, limits: dict[str, Any]
-) -> dict[str, ShapeRange]:
-    """(min, opt, max) shape of every input of ``stage`` in ``bucket``: min and opt 1 object, max ``max_objects``."""
+def check_bucket_tokens(bucket: Bucket, *, slots: int, limits: dict[str, Any]) -> None:
+    """InputError if the bucket's smallest frame has fewer tokens than the graphs' constant top-k needs."""
     needed = frame_tokens_needed(limits, slots)
     low_h, low_w = bucket.min_hw
-    if (low_h // 16) * (low_w // 16) < needed:  # the graphs' constant k needs enough tokens
+    if (low_h // 16) * (low_w // 16) < needed:
         raise InputError(f"profile {bucket}: minimum {low_h}x{low_w} has fewer than the {needed} tokens top-k needs")
+
+
+def profile_shapes(
+    stage: str, bucket: Bucket, *, max_objects: int, slots: int, limits: dict[str, Any], widths: specs.Widths
+) -> dict[str, ShapeRange]:
+    """(min, opt, max) shape of every input of ``stage`` in ``bucket``: min and opt 1 object, max ``max_objects``."""
+    check_bucket_tokens(bucket, slots=slots, limits=limits)
     sizes = (
-        specs.Size(1, *bucket.min_hw, slots),
-        specs.Size(1, *bucket.opt_hw, slots),
-        specs.Size(max_objects, *bucket.max_hw, slots),
+        specs.Size(1, *bucket.min_hw, slots, widths),
+        specs.Size(1, *bucket.opt_hw, slots, widths),
+        specs.Size(max_objects, *bucket.max_hw, slots, widths),
     )
     return {
         name: tuple(specs.shape_at(stage, name, size) for size in sizes)  # type: ignore[misc]
@@ -104,10 +109,12 @@ def select_profile(ranges: list[dict[str, ShapeRange]], shapes: dict[str, tuple[
 def manifest_profiles(manifest: dict[str, Any], stage: str) -> list[dict[str, ShapeRange]]:
     """The (min, opt, max) input shapes of each optimization profile of ``stage``'s plan, from the manifest."""
     built = manifest["tensorrt"]
-    slots, limits = manifest["memory"]["slots"], manifest["limits"]
+    slots, limits, widths = manifest["memory"]["slots"], manifest["limits"], specs.Widths.from_manifest(manifest)
     return [
-        profile_shapes(stage, Bucket.from_dict(entry), max_objects=built["max_objects"], slots=slots, limits=limits)
-        for entry in built["profiles"]
+        profile_shapes(
+            stage, Bucket.from_dict(e), max_objects=built["max_objects"], slots=slots, limits=limits, widths=widths
+        )
+        for e in built["profiles"]
     ]
 
 

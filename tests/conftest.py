@@ -75,29 +75,36 @@ def tiny_model64(tiny_model) -> jfdeploy.JointFormer:
     return copy.deepcopy(tiny_model).double()
 
 
+def _export(model: jfdeploy.JointFormer, out: Path, precision: str, slim: bool = True) -> Path:
+    pytest.importorskip("onnx", reason="ONNX export needs: pip install 'jfdeploy[onnx]'")
+    from jfdeploy.export.onnx_export import export_engines
+
+    export_engines(model, out, precision=precision, max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES, slim=slim)
+    return out
+
+
 @pytest.fixture(scope="session")
 def engines32(model32, tmp_path_factory) -> Path:
-    """fp32 engine directory of ``model32`` (the golden memory size), exported once per session (needs onnx)."""
-    pytest.importorskip("onnx", reason="ONNX export needs: pip install 'jfdeploy[onnx]'")
-    from jfdeploy.export.onnx_export import export_engines
+    """fp32 engine directory of ``model32`` (published widths, for golden parity), exported once per session.
 
-    out = tmp_path_factory.mktemp("engines") / "fp32"
-    export_engines(model32, out, max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES)
-    return out
+    Not slimmed: onnxslim takes 30 of its 50 s on 2 cores; the slimmed graphs (the same operators at any
+    width) are checked against PyTorch on the tiny model's engine directories."""
+    return _export(model32, tmp_path_factory.mktemp("engines") / "fp32", "fp32", slim=False)
 
 
 @pytest.fixture(scope="session")
-def engines16(model32, tmp_path_factory) -> Path:
-    """fp16 engine directory of ``model32``, exported once per session (needs onnx, onnxconverter-common)."""
-    pytest.importorskip("onnx", reason="ONNX export needs: pip install 'jfdeploy[onnx]'")
-    from jfdeploy.export.onnx_export import export_engines
-
-    out = tmp_path_factory.mktemp("engines") / "fp16"
-    export_engines(model32, out, precision="fp16", max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES)
-    return out
+def tiny_engines32(tiny_model, tmp_path_factory) -> Path:
+    """fp32 engine directory of ``tiny_model`` (2 memory frames), exported once per session (seconds)."""
+    return _export(tiny_model, tmp_path_factory.mktemp("engines") / "tiny-fp32", "fp32")
 
 
-TINY_FIXTURES = {"tiny_model", "tiny_model64"}
+@pytest.fixture(scope="session")
+def tiny_engines16(tiny_model, tmp_path_factory) -> Path:
+    """fp16 engine directory of ``tiny_model`` (needs onnxconverter-common too), exported once per session."""
+    return _export(tiny_model, tmp_path_factory.mktemp("engines") / "tiny-fp16", "fp16")
+
+
+TINY_FIXTURES = {"tiny_model", "tiny_model64", "tiny_engines32", "tiny_engines16"}
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +132,7 @@ def _quiet_random_weight_warning():
 # the slow tier: tests that need an exported engine directory or run the published-size model in float64
 # (the golden clip's float64 parity; minutes each on 2 cores); `pytest -m "not slow"` is the quick tier,
 # plain `pytest` runs everything
-SLOW_FIXTURES = {"engines32", "engines16", "float64_run", "model64"}
+SLOW_FIXTURES = {"engines32", "tiny_engines32", "tiny_engines16", "float64_run", "model64"}
 
 
 def pytest_collection_modifyitems(config, items):

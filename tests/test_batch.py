@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import GOLDEN_TOPK
+from conftest import TINY_TOPK
 from jfdeploy.batch import (
     SLOW_FRAMES_ENV,
     Job,
@@ -50,9 +50,9 @@ BROKEN = "broken"  # a folder of frames whose fourth frame is a truncated JPEG: 
 
 def make_spec(model, folder: Path) -> WorkerSpec:
     """The workers' spec: ``model``'s weights saved as a checkpoint in ``folder``."""
-    save_checkpoint(model, folder / "golden_rule.pth")
+    save_checkpoint(model, folder / "model.pth")  # the workers read the architecture from its shapes
     return WorkerSpec(
-        checkpoint=folder / "golden_rule.pth", model_kwargs={"topk": GOLDEN_TOPK}, options=OPTIONS, threads=THREADS
+        checkpoint=folder / "model.pth", model_kwargs={"topk": model.config.topk}, options=OPTIONS, threads=THREADS
     )
 
 
@@ -102,8 +102,8 @@ def make_reference(model, clips, out: Path) -> dict[str, dict[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def spec(model32, tmp_path_factory) -> WorkerSpec:
-    return make_spec(model32, tmp_path_factory.mktemp("batch_ckpt"))
+def spec(tiny_model, tmp_path_factory) -> WorkerSpec:
+    return make_spec(tiny_model, tmp_path_factory.mktemp("batch_ckpt"))
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +112,8 @@ def clips(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def reference(model32, clips, tmp_path_factory) -> dict[str, dict[str, bytes]]:
-    return make_reference(model32, clips, tmp_path_factory.mktemp("batch_reference"))
+def reference(tiny_model, clips, tmp_path_factory) -> dict[str, dict[str, bytes]]:
+    return make_reference(tiny_model, clips, tmp_path_factory.mktemp("batch_reference"))
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_jobs_from_manifest_resolves_relative_paths_and_names_bad_lines(tmp_path
 def test_remove_stale_staging_removes_only_the_named_videos_staging(tmp_path: Path) -> None:
     for name in (".a.partial-abcd1234", ".a.partial-x", ".ab.partial-abcd1234", "a", ".b.partial-abcd1234"):
         (tmp_path / name).mkdir()
-    remove_stale_staging(tmp_path, ["a"])
+    remove_stale_staging([tmp_path / "a"])
     kept = [".a.partial-x", ".ab.partial-abcd1234", ".b.partial-abcd1234", "a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == kept
 
@@ -339,7 +339,7 @@ def test_sigterm_stops_the_workers_and_leaves_no_partial_folder(clips, spec, tmp
         from jfdeploy.batch import WorkerSpec, jobs_from_videos, run_many
         from jfdeploy.errors import exit_status
         from jfdeploy.pipeline import RunOptions
-        spec = WorkerSpec(checkpoint=Path({str(spec.checkpoint)!r}), model_kwargs={{"topk": {GOLDEN_TOPK}}},
+        spec = WorkerSpec(checkpoint=Path({str(spec.checkpoint)!r}), model_kwargs={{"topk": {TINY_TOPK}}},
                           options=RunOptions(backend="torch", sizes=(None,)), threads=1)
         jobs = jobs_from_videos([Path(p) for p in {[str(j.video) for j in good_jobs(clips)[:2]]!r}], {str(clips[1])!r})
         try:
@@ -396,7 +396,7 @@ def test_run_many_command_completes_the_good_videos_and_exits_1(clips, spec, tmp
     inputs = [videos / "alpha.mp4", videos / "gamma", videos / BROKEN]
     out = tmp_path / "out"
     command = ["jfdeploy", "run-many", *map(str, inputs), "--masks", str(masks), "--out", str(out), "--workers", "2",
-               "--threads", "1", "--checkpoint", str(spec.checkpoint), "--topk", str(GOLDEN_TOPK), "--size", "0",
+               "--threads", "1", "--checkpoint", str(spec.checkpoint), "--topk", str(TINY_TOPK), "--size", "0",
                "--quiet"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr

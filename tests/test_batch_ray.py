@@ -27,13 +27,13 @@ def clips(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def spec(model32, tmp_path_factory):
-    return shared.make_spec(model32, tmp_path_factory.mktemp("ray_ckpt"))
+def spec(tiny_model, tmp_path_factory):
+    return shared.make_spec(tiny_model, tmp_path_factory.mktemp("ray_ckpt"))
 
 
 @pytest.fixture(scope="module")
-def reference(model32, clips, tmp_path_factory):
-    return shared.make_reference(model32, clips, tmp_path_factory.mktemp("ray_reference"))
+def reference(tiny_model, clips, tmp_path_factory):
+    return shared.make_reference(tiny_model, clips, tmp_path_factory.mktemp("ray_reference"))
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from jfdeploy.stages import STAGE_TYPES
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 CPU = torch.device("cpu")
-SMALL_CLIP = "64x96"  # 4 x 6 tokens per frame: enough for the test engines' top-k 20 over 3 slots
+SMALL_CLIP = "64x96"  # 4 x 6 tokens per frame: enough for the test engines' top-k over 3 slots
 ALL_OUTPUTS = {(stage, output) for stage in STAGE_TYPES for output in specs.output_names(stage)}
 
 
@@ -108,11 +108,10 @@ def test_mask_agreement():
 # ---- engines against PyTorch (CPU: torch vs onnxruntime) -----------------------------------------
 
 
-@pytest.mark.slow  # exports an engine directory once per session (~1 min on 2 cores)
-def test_fp32_engines_match_torch_stage_by_stage_and_on_frame_1(engines32, tmp_path, capsys):
+def test_fp32_engines_match_torch_stage_by_stage_and_on_frame_1(tiny_engines32, tmp_path, capsys):
     report_path = tmp_path / "check.json"
     options = f"--atol 1e-4 --rtol 0 --frames 2 --clip-size {SMALL_CLIP}".split()
-    code, out, err = run_check(capsys, str(engines32), *options, "--json", str(report_path))
+    code, out, err = run_check(capsys, str(tiny_engines32), *options, "--json", str(report_path))
     assert code == 0, err
     assert "| memory_reader | f16 | onnxruntime vs torch |" in out and "| 1 | onnxruntime vs torch |" in out
     assert "NO" not in out and out.rstrip().endswith("all within tolerance")
@@ -127,10 +126,10 @@ def test_fp32_engines_match_torch_stage_by_stage_and_on_frame_1(engines32, tmp_p
 
 
 @pytest.mark.slow
-def test_fp16_engines_drift_is_reported_frame_by_frame(engines16, tmp_path, capsys):
+def test_fp16_engines_drift_is_reported_frame_by_frame(tiny_engines16, tmp_path, capsys):
     report_path = tmp_path / "drift.json"
     options = f"--frames 4 --clip-size {SMALL_CLIP} --mem-every 2".split()
-    code, out, err = run_check(capsys, str(engines16), *options, "--json", str(report_path))
+    code, out, err = run_check(capsys, str(tiny_engines16), *options, "--json", str(report_path))
     assert code == 0, err  # the fp16 defaults: atol 0.1, rtol 0.05
     report = json.loads(report_path.read_text())
     worst_stage = max(row["max_abs"] for row in report["stages"])
@@ -148,11 +147,10 @@ def test_fp16_engines_drift_is_reported_frame_by_frame(engines16, tmp_path, caps
     assert out.count("| onnxruntime vs torch |") == len(report["stages"]) + 4
 
 
-@pytest.mark.slow  # exports an engine directory once per session (~1 min on 2 cores)
-def test_tight_tolerance_exits_1_and_per_output_tolerances_apply(engines16, tmp_path, capsys):
+def test_tight_tolerance_exits_1_and_per_output_tolerances_apply(tiny_engines16, tmp_path, capsys):
     report_path = tmp_path / "check.json"
     options = "--atol 1e-12 --rtol 0 --atol memory_reader.f16=1 --rtol f16=0.5".split()
-    code, out, err = run_check(capsys, str(engines16), *options, "--json", str(report_path))
+    code, out, err = run_check(capsys, str(tiny_engines16), *options, "--json", str(report_path))
     assert code == 1
     verdict = err.strip().splitlines()[-1]
     assert verdict.startswith("jfdeploy check: error: 10 of 11 comparisons out of tolerance (first: frame_encoder.")
@@ -183,7 +181,6 @@ def test_bad_options_exit_2_with_one_line_before_the_engines_are_read(tmp_path, 
     assert len(err.splitlines()) == 1 and err.startswith("jfdeploy check: error: ") and message in err
 
 
-@pytest.mark.slow  # exports the fp32 engines if no other test did
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -195,17 +192,16 @@ def test_bad_options_exit_2_with_one_line_before_the_engines_are_read(tmp_path, 
         ),
     ],
 )
-def test_what_the_engines_cannot_do_exits_2_with_one_line(engines32, args, message, capsys):
-    code, out, err = run_check(capsys, str(engines32), *args)
+def test_what_the_engines_cannot_do_exits_2_with_one_line(tiny_engines32, args, message, capsys):
+    code, out, err = run_check(capsys, str(tiny_engines32), *args)
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and err.startswith("jfdeploy check: error: ") and message in err
 
 
-@pytest.mark.slow  # exports an engine directory once per session (~1 min on 2 cores)
-def test_library_runs_the_stages_through_polygraphy_runners(model32, engines32):
-    manifest = load_manifest(engines32)
+def test_library_runs_the_stages_through_polygraphy_runners(tiny_model, tiny_engines32):
+    manifest = load_manifest(tiny_engines32)
     runners = compare.StageRunners(
-        ["torch", "onnxruntime"], engines=engines32, manifest=manifest, model=model32, device=CPU
+        ["torch", "onnxruntime"], engines=tiny_engines32, manifest=manifest, model=tiny_model, device=CPU
     )
     names = [type(runner).__name__ for runner in runners.for_stage("decoder")]
     assert names == ["TensorCallRunner", "OnnxrtRunner"]  # Polygraphy's onnxruntime runner on the stage graph
@@ -220,9 +216,9 @@ def test_library_runs_the_stages_through_polygraphy_runners(model32, engines32):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT plans need TensorRT and a CUDA GPU (not both here)")
-def test_tensorrt_plans_against_torch_and_onnxruntime(engines32, tmp_path, capsys):
+def test_tensorrt_plans_against_torch_and_onnxruntime(tiny_engines32, tmp_path, capsys):
     directory = tmp_path / "engines"
-    shutil.copytree(engines32, directory)
+    shutil.copytree(tiny_engines32, directory)
     assert main(["build", str(directory), "--profile", "64x64:64x96:128x224", "--max-objects", "2"]) == 0
     report_path = tmp_path / "check.json"
     code, _, err = run_check(

@@ -15,9 +15,10 @@ from jfdeploy.io import make_clip, write_clip_folder, write_clip_video, write_la
 
 
 @pytest.fixture(scope="module")
-def checkpoint(model32, tmp_path_factory):
+def checkpoint(tiny_model, tmp_path_factory):
+    """The tiny model's checkpoint: the command reads its architecture from the tensor shapes."""
     path = tmp_path_factory.mktemp("ckpt") / "model.pth"
-    jfdeploy.save_checkpoint(model32, path)
+    jfdeploy.save_checkpoint(tiny_model, path)
     return path
 
 

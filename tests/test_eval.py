@@ -11,6 +11,7 @@ import torch
 from test_datasets import _make_davis2017, _make_youtube
 
 import jfdeploy
+from conftest import TINY_TOPK
 from jfdeploy.cli import main
 from jfdeploy.datasets import davis
 from jfdeploy.evaluate import segment_sequence
@@ -19,18 +20,17 @@ from jfdeploy.predictor import VideoPredictor
 
 
 @pytest.fixture(scope="module")
-def checkpoint(model32, tmp_path_factory):
+def checkpoint(tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "model.pth"
-    jfdeploy.save_checkpoint(model32, path)
+    jfdeploy.save_checkpoint(tiny_model, path)
     return path
 
 
 def eval_args(dataset, root, out, checkpoint, *extra):
     return ["eval", "--dataset", dataset, "--root", str(root), "--out", str(out), "--checkpoint", str(checkpoint),
-            "--topk", "20", "--size", "0", "--quiet", *extra]  # fmt: skip
+            "--topk", str(TINY_TOPK), "--size", "0", "--quiet", *extra]  # fmt: skip
 
 
-@pytest.mark.slow
 def test_davis_eval_scores_resumes_and_compares(checkpoint, tmp_path, capsys):
     root, out = _make_davis2017(tmp_path / "DAVIS", frames=4), tmp_path / "out"
     assert main(eval_args("davis2017", root, out, checkpoint)) == 0
@@ -62,7 +62,6 @@ def test_davis_eval_scores_resumes_and_compares(checkpoint, tmp_path, capsys):
     assert "J&F" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_youtube_eval_handles_objects_appearing_later(checkpoint, tmp_path, capsys):
     root, out = _make_youtube(tmp_path / "YTVOS"), tmp_path / "out"
     assert main(eval_args("youtubevos2019", root, out, checkpoint)) == 0

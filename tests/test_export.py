@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 import jfdeploy
-from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY, GOLDEN_TOPK
+from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY, TINY_TOPK
 from jfdeploy.cli import main
 from jfdeploy.export.onnx_export import export_engines
 from jfdeploy.export.tensorrt import BuildSettings
@@ -28,21 +28,21 @@ from jfdeploy.stages import STAGE_TYPES
 HAS_TENSORRT = shutil.which("trtexec") is not None or __import__("importlib").util.find_spec("tensorrt") is not None
 
 
-def test_manifest_describes_the_directory(engines32):
-    manifest = load_manifest(engines32)
+def test_manifest_describes_the_directory(tiny_engines32):
+    manifest = load_manifest(tiny_engines32)
     assert set(manifest["stages"]) == set(STAGE_TYPES)
     assert manifest["precision"] == "fp32" and manifest["opset"] == 17
-    assert manifest["model"]["topk"] == GOLDEN_TOPK
+    assert manifest["model"]["topk"] == TINY_TOPK and manifest["model"]["embed_dims"] == [32, 48, 96]
     assert manifest["memory"] == {"max_memory_frames": GOLDEN_MAX_MEMORY_FRAMES, "slots": 3}
     assert manifest["versions"]["torch"] and manifest["versions"]["onnx"]
-    assert sorted(manifest["files"]) == sorted(p.name for p in engines32.iterdir() if p.name != "manifest.json")
+    assert sorted(manifest["files"]) == sorted(p.name for p in tiny_engines32.iterdir() if p.name != "manifest.json")
     reader = manifest["stages"]["memory_reader"]
     assert [i["name"] for i in reader["inputs"]] == ["tokens", "reference_keys", "reference_values", "reference_valid"]
-    assert reader["inputs"][1]["shape"] == [11, "objects", 12, "ref_tokens", 64]
+    assert reader["inputs"][1]["shape"] == [3, "objects", 3, "ref_tokens", 32]  # the tiny model's L, heads, d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fixture", ["engines32", "engines16"])
+@pytest.mark.parametrize("fixture", ["tiny_engines32", "tiny_engines16"])
 def test_every_graph_is_valid_and_parseable_by_tensorrt(fixture, request):
     directory = request.getfixturevalue(fixture)
     for stage in STAGE_TYPES:
@@ -62,34 +62,34 @@ def test_onnxruntime_golden_parity(engines32, golden):
     assert np.abs(prob.numpy() - golden["prob_t1"]).max() <= 1e-4
 
 
-def test_onnxruntime_matches_torch_with_three_objects(model32, engines32):
+def test_onnxruntime_matches_torch_with_three_objects(tiny_model, tiny_engines32):
     """Other sizes and object counts than the export's example: the graphs are dynamic."""
     frames = torch.randn(4, 3, 96, 112, generator=torch.Generator().manual_seed(0))
     masks = torch.zeros(3, 96, 112)
     masks[0, :40, :50], masks[1, 50:, :60], masks[2, 20:80, 70:] = 1, 1, 1
     results = []
-    for backend, options in (("torch", {}), ("onnxruntime", {"engines": engines32})):
-        seg = jfdeploy.Segmenter(model32 if backend == "torch" else None, mem_every=2, max_memory_frames=2,
+    for backend, options in (("torch", {}), ("onnxruntime", {"engines": tiny_engines32})):
+        seg = jfdeploy.Segmenter(tiny_model if backend == "torch" else None, mem_every=2, max_memory_frames=2,
                                  backend=backend, **options)  # fmt: skip
         results.append([seg.step(f, mask=masks if t == 0 else None).numpy() for t, f in enumerate(frames)])
     assert max(np.abs(a - b).max() for a, b in zip(*results, strict=True)) < 1e-3
 
 
-def test_fp16_keeps_layer_norm_softmax_and_topk_scores_in_fp32(engines16):
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(engines16 / "memory_reader.onnx")))
+def test_fp16_keeps_layer_norm_softmax_and_topk_scores_in_fp32(tiny_engines16):
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_engines16 / "memory_reader.onnx")))
     types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
     checked = 0
     for node in model.graph.node:
         if node.op_type in ("LayerNormalization", "Softmax", "TopK"):
             assert types.get(node.input[0]) == TensorProto.FLOAT, f"{node.op_type} {node.name}"
             checked += 1
-    assert checked >= 3 * 11
+    assert checked >= 3 * 3  # per joint block of the tiny model
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     assert any(types.get(n.output[0]) == TensorProto.FLOAT16 for n in matmuls)  # the rest is fp16
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fixture", ["engines32", "engines16"])
+@pytest.mark.parametrize("fixture", ["tiny_engines32", "tiny_engines16"])
 def test_graphs_are_slimmed_and_the_manifest_counts_their_nodes(fixture, request):
     pytest.importorskip("onnxslim", reason="graph simplification needs: pip install onnxslim")
     directory = request.getfixturevalue(fixture)
@@ -103,10 +103,10 @@ def test_graphs_are_slimmed_and_the_manifest_counts_their_nodes(fixture, request
     assert reader["nodes"] < 0.8 * reader["nodes_before_slim"]  # measured: about 0.55 (fp32), 0.6 (fp16)
 
 
-def test_slimmed_fp16_graphs_keep_every_fp32_island(engines16):
+def test_slimmed_fp16_graphs_keep_every_fp32_island(tiny_engines16):
     """Slimming runs after the fp16 conversion: no stage may lose an fp32 LayerNorm / Softmax / TopK input."""
     for stage in STAGE_TYPES:
-        model = onnx.shape_inference.infer_shapes(onnx.load(str(engines16 / f"{stage}.onnx")))
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_engines16 / f"{stage}.onnx")))
         types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
         for node in model.graph.node:
             if node.op_type in ("LayerNormalization", "Softmax", "TopK"):
@@ -114,9 +114,9 @@ def test_slimmed_fp16_graphs_keep_every_fp32_island(engines16):
 
 
 @pytest.mark.slow
-def test_export_without_onnxslim_saves_unslimmed_graphs_and_says_so(model32, tmp_path, monkeypatch, capsys):
+def test_export_without_onnxslim_saves_unslimmed_graphs_and_says_so(tiny_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxslim", None)  # `import onnxslim` raises ImportError
-    manifest = export_engines(model32, tmp_path / "e", max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES, progress=print)
+    manifest = export_engines(tiny_model, tmp_path / "e", max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES, progress=print)
     assert "onnxslim is not installed" in capsys.readouterr().out
     assert manifest["slim"] == {"tool": "onnxslim", "version": None, "skipped": "onnxslim is not installed"}
     for stage, entry in manifest["stages"].items():
@@ -124,9 +124,9 @@ def test_export_without_onnxslim_saves_unslimmed_graphs_and_says_so(model32, tmp
         assert check_graph(onnx.load(str(tmp_path / "e" / entry["onnx"]))) == [], stage
 
 
-def test_tampered_or_foreign_directories_are_refused(engines32, tmp_path):
+def test_tampered_or_foreign_directories_are_refused(tiny_engines32, tmp_path):
     copy = tmp_path / "engines"
-    shutil.copytree(engines32, copy)
+    shutil.copytree(tiny_engines32, copy)
     with open(copy / "enhancer.onnx", "r+b") as f:
         f.seek(-10, 2)
         f.write(b"0123456789")
@@ -135,7 +135,7 @@ def test_tampered_or_foreign_directories_are_refused(engines32, tmp_path):
     (copy / "manifest.json").unlink()
     with pytest.raises(EngineError, match=r"no manifest\.json"):
         jfdeploy.Segmenter(None, backend="onnxruntime", engines=copy)
-    shutil.copy(engines32 / "manifest.json", copy / "manifest.json")
+    shutil.copy(tiny_engines32 / "manifest.json", copy / "manifest.json")
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
     with pytest.raises(EngineError, match="expected 'jfdeploy-engines' v1"):
@@ -153,10 +153,10 @@ def test_tensorrt_plans_are_tied_to_version_and_gpu():
         check_tensorrt_plans({"tensorrt": None}, tensorrt_version="10.13.0", gpu="x")
 
 
-def test_frames_too_small_for_the_constant_k_are_refused(engines32):
-    seg = jfdeploy.Segmenter(None, mem_every=3, max_memory_frames=2, backend="onnxruntime", engines=engines32)
-    with pytest.raises(jfdeploy.InputError, match="need >= 7 per frame"):
-        seg.step(torch.zeros(3, 16, 32), mask=torch.ones(1, 16, 32))
+def test_frames_too_small_for_the_constant_k_are_refused(tiny_engines32):
+    seg = jfdeploy.Segmenter(None, mem_every=3, max_memory_frames=2, backend="onnxruntime", engines=tiny_engines32)
+    with pytest.raises(jfdeploy.InputError, match="need >= 2 per frame"):  # k 5 over 3 slots, 1 token here
+        seg.step(torch.zeros(3, 16, 16), mask=torch.ones(1, 16, 16))
 
 
 def test_graph_checker_reports_what_tensorrt_cannot_parse():
@@ -184,18 +184,18 @@ def test_graph_checker_reports_what_tensorrt_cannot_parse():
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed: this checks the message shown without it")
-def test_tensorrt_without_tensorrt_says_so(model32, tmp_path):
+def test_tensorrt_without_tensorrt_says_so(tiny_model, tmp_path):
     with pytest.raises(jfdeploy.JfDeployError, match="TensorRT is not installed"):
-        export_engines(model32, tmp_path / "e", max_memory_frames=1, tensorrt=BuildSettings())
+        export_engines(tiny_model, tmp_path / "e", max_memory_frames=1, tensorrt=BuildSettings())
     assert not (tmp_path / "e").exists()
 
 
 @pytest.mark.slow
-def test_cli_export_check_and_run_with_engines(model32, tmp_path, capsys):
+def test_cli_export_check_and_run_with_engines(tiny_model, tmp_path, capsys):
     checkpoint = tmp_path / "model.pth"
-    jfdeploy.save_checkpoint(model32, checkpoint)
+    jfdeploy.save_checkpoint(tiny_model, checkpoint)
     engines = tmp_path / "engines"
-    assert main(["export", "--checkpoint", str(checkpoint), "--topk", "20", "--out", str(engines),
+    assert main(["export", "--checkpoint", str(checkpoint), "--topk", str(TINY_TOPK), "--out", str(engines),
                  "--max-memory-frames", "2"]) == 0  # fmt: skip
     assert main(["check", str(engines), "--checkpoint", str(checkpoint)]) == 0
     table = capsys.readouterr().out

@@ -29,6 +29,7 @@ from jfdeploy.io import (
     write_clip_video,
     write_label_png,
 )
+from jfdeploy.io.synthetic import MAX_OBJECTS
 
 needs_av = pytest.mark.skipif(
     importlib.util.find_spec("av") is None, reason="PyAV not installed: pip install 'jfdeploy[video]'"
@@ -286,7 +287,7 @@ def test_make_clip_is_deterministic_with_visible_moving_objects() -> None:
     assert np.array_equal(frames, again_frames) and np.array_equal(labels, again_labels)
     other, _ = make_clip(seed=1)
     assert not np.array_equal(frames, other)
-    for num_objects in range(1, 6):
+    for num_objects in range(1, MAX_OBJECTS + 1):
         _, labels = make_clip(num_frames=4, num_objects=num_objects, seed=num_objects)
         assert set(np.unique(labels[0])) == set(range(num_objects + 1))
         for k in range(1, num_objects + 1):
@@ -295,4 +296,4 @@ def test_make_clip_is_deterministic_with_visible_moving_objects() -> None:
             centre1 = np.argwhere(labels[1] == k).mean(0)
             assert 0.5 < np.abs(centre1 - centre0).max() < 6  # moves a few pixels per frame
     with pytest.raises(ValueError):
-        make_clip(num_objects=6)
+        make_clip(num_objects=MAX_OBJECTS + 1)

@@ -126,9 +126,13 @@ def test_exact_ties_keep_the_lowest_key_indices():
     assert (got.cpu() - expected).abs().max().item() < 1e-5
 
 
-@pytest.mark.slow  # the published shapes in Triton's interpreter: 61 s on an idle 2-core CPU
+@pytest.mark.skipif(
+    DEVICE == "cpu",
+    reason="the published shapes take ~80 s in Triton's CPU interpreter; on a CPU the kernel is checked against "
+    "PyTorch at the published head size (test_matches_reference_*) and in the tiny model's frame loop",
+)
 def test_golden_clip_with_triton_attention(model32, golden):
-    model = model32 if DEVICE == "cpu" else copy.deepcopy(model32).to(DEVICE)
+    model = copy.deepcopy(model32).to(DEVICE)
     seg = jfdeploy.Segmenter(
         model,
         mem_every=GOLDEN_MEM_EVERY,
@@ -346,12 +350,13 @@ def test_kernels_command_refuses_an_unknown_arch(capsys):
 
 @pytest.mark.slow
 @needs_toolchain
-def test_every_configuration_compiles_clean_on_every_arch():
-    """The full matrix (fp16 k 20..600, fp32 / bf16 k 120, both ranges, sm_80/86/89/90): no spill,
-    <= 99 KB shared memory."""
+def test_every_configuration_compiles_clean():
+    """Every configuration (fp16 k 20..600, fp32 / bf16 k 120, both ranges) on sm_86 (the least shared memory
+    per block, 99 KB) and sm_90: no spill, <= 99 KB shared memory. ``jfdeploy kernels --check`` compiles
+    the same matrix for sm_80 and sm_89 too (benchmarks/results/kernel_report_*.md)."""
     from jfdeploy.kernels import report
 
-    result = report.compile_report(list(report.ARCHS))
+    result = report.compile_report(["sm_86", "sm_90"])
     unclean = [row for row in result["rows"] if not row["clean"]]
-    assert len(result["rows"]) == 4 * len(report.DEFAULT_CASES)
+    assert len(result["rows"]) == 2 * len(report.DEFAULT_CASES)
     assert not unclean, unclean

@@ -18,7 +18,7 @@ from jfdeploy.predictor import RunOptions, VideoPredictor
 
 JFDEPLOY = shutil.which("jfdeploy")
 FRAMES, ADDED_AT = 6, 3
-SETTINGS = {"mem_every": 2, "max_memory_frames": 2, "sizes": (None,)}  # engines32 holds 2 memory frames
+SETTINGS = {"mem_every": 2, "max_memory_frames": 2, "sizes": (None,)}  # tiny_engines32 holds 2 memory frames
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +72,12 @@ def test_predictor_equals_run_bit_for_bit_torch(tiny_model, checkpoint, clip, tm
         np.testing.assert_array_equal(mine, theirs, err_msg=f"frame {index}")
 
 
-def test_predictor_equals_run_bit_for_bit_onnxruntime(engines32, clip, tmp_path):
+def test_predictor_equals_run_bit_for_bit_onnxruntime(tiny_engines32, clip, tmp_path):
     pytest.importorskip("onnxruntime")
-    predictor = VideoPredictor(None, backend="onnxruntime", engines=engines32, device="cpu", **SETTINGS)
+    predictor = VideoPredictor(None, backend="onnxruntime", engines=tiny_engines32, device="cpu", **SETTINGS)
     by_hand = predict_by_hand(predictor, clip)
     assert (by_hand[-1] == 2).any()
-    from_run = run_command(tmp_path, clip, "--engines", engines32, "--device", "cpu")
+    from_run = run_command(tmp_path, clip, "--engines", tiny_engines32, "--device", "cpu")
     for index, (mine, theirs) in enumerate(zip(by_hand, from_run, strict=True)):
         np.testing.assert_array_equal(mine, theirs, err_msg=f"frame {index}")
 

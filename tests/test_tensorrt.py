@@ -25,7 +25,6 @@ import jfdeploy
 from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY
 from jfdeploy import specs
 from jfdeploy.cli import main
-from jfdeploy.export.onnx_export import export_engines
 from jfdeploy.export.tensorrt import BuildSettings, install_plans, plan_loader
 from jfdeploy.manifest import EngineError, load_manifest, write_manifest
 from jfdeploy.plans import (
@@ -46,7 +45,8 @@ needs_tensorrt = pytest.mark.skipif(
 )
 without_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed: this checks the refusal without it")
 LIMITS = {"topk": 120, "per_frame": False}  # top-k 120 over all reference frames
-C, L = specs.C, specs.L
+PUBLISHED = specs.PUBLISHED
+C, L = PUBLISHED.c16, PUBLISHED.layers
 
 
 def tree_digest(directory: Path) -> str:
@@ -66,7 +66,7 @@ def test_profile_shapes_of_the_480p_bucket():
     """min: 384x384, 1 object; opt: 480x864, 1 object; max: 608x1088, max objects; 4 slots of reference tokens."""
     bucket = NAMED_BUCKETS["480p"]
     assert DEFAULT_BUCKETS == (bucket,)
-    reader = profile_shapes("memory_reader", bucket, max_objects=8, slots=4, limits=LIMITS)
+    reader = profile_shapes("memory_reader", bucket, max_objects=8, slots=4, limits=LIMITS, widths=PUBLISHED)
     assert list(reader) == ["tokens", "reference_keys", "reference_values", "reference_valid"]
     assert reader["tokens"] == ((1, C, 24, 24), (1, C, 30, 54), (1, C, 38, 68))
     assert reader["reference_keys"] == (
@@ -75,11 +75,11 @@ def test_profile_shapes_of_the_480p_bucket():
         (L, 8, 12, 4 * 38 * 68, 64),
     )
     assert reader["reference_valid"] == ((1, 4 * 576), (1, 4 * 1620), (8, 4 * 38 * 68))
-    encoder = profile_shapes("reference_encoder", bucket, max_objects=3, slots=2, limits=LIMITS)
+    encoder = profile_shapes("reference_encoder", bucket, max_objects=3, slots=2, limits=LIMITS, widths=PUBLISHED)
     assert encoder["frame"] == ((1, 3, 384, 384), (1, 3, 480, 864), (1, 3, 608, 1088))
     assert encoder["object_prob"] == ((1, 384, 384), (1, 480, 864), (3, 608, 1088))
     assert encoder["memory_token"] == ((1, 1, C), (1, 1, C), (3, 1, C))
-    decoder = profile_shapes("decoder", bucket, max_objects=2, slots=4, limits=LIMITS)
+    decoder = profile_shapes("decoder", bucket, max_objects=2, slots=4, limits=LIMITS, widths=PUBLISHED)
     assert decoder["f4"] == ((1, 256, 96, 96), (1, 256, 120, 216), (1, 256, 152, 272))  # shared: 1 frame
     assert decoder["f16"][2] == (2, C, 38, 68)
 
@@ -87,17 +87,29 @@ def test_profile_shapes_of_the_480p_bucket():
 @pytest.mark.parametrize("name", sorted(NAMED_BUCKETS))
 def test_every_stage_input_has_an_ordered_range(name):
     for stage in STAGE_TYPES:
-        shapes = profile_shapes(stage, NAMED_BUCKETS[name], max_objects=5, slots=4, limits=LIMITS)
+        shapes = profile_shapes(stage, NAMED_BUCKETS[name], max_objects=5, slots=4, limits=LIMITS, widths=PUBLISHED)
         assert list(shapes) == list(specs.input_names(stage))
         for low, opt, high in shapes.values():
             assert len(low) == len(opt) == len(high)
             assert all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True))
 
 
+def test_profiles_take_the_static_widths_of_the_architecture():
+    tiny = specs.Widths.of(jfdeploy.ModelConfig.tiny())
+    assert (tiny.c4, tiny.c8, tiny.c16, tiny.layers, tiny.heads, tiny.head_dim) == (32, 48, 96, 3, 3, 32)
+    assert specs.Widths.from_manifest({"model": {}}) == PUBLISHED  # a manifest's model entry: the published one
+    reader = profile_shapes("memory_reader", NAMED_BUCKETS["480p"], max_objects=2, slots=4, limits=LIMITS, widths=tiny)
+    low, _, high = reader["reference_keys"]
+    assert low[0] == high[0] == 3 and low[2] == 3 and low[4] == 32  # L, heads, head dim of the tiny model
+    assert reader["tokens"][0][1] == 96 and specs.dynamic_axes("memory_reader")["tokens"] == {2: "h16", 3: "w16"}
+
+
 def test_buckets_too_small_for_the_constant_k_are_refused():
     small = Bucket((32, 32), (64, 64), (96, 96))  # 4 tokens per frame at the minimum
     with pytest.raises(jfdeploy.InputError, match="fewer than the 120 tokens"):
-        profile_shapes("enhancer", small, max_objects=2, slots=4, limits={"topk": 120, "per_frame": True})
+        profile_shapes(
+            "enhancer", small, max_objects=2, slots=4, limits={"topk": 120, "per_frame": True}, widths=PUBLISHED
+        )
     with pytest.raises(jfdeploy.InputError, match="fewer than the 30 tokens"):  # 120 over 4 slots
         BuildSettings((small,)).check(slots=4, limits=LIMITS)
     BuildSettings((small,)).check(slots=4, limits={"topk": None, "per_frame": False})  # no top-k: any size
@@ -142,8 +154,10 @@ def test_build_settings_are_checked():
 
 
 def test_select_profile():
-    small, large = (profile_shapes("enhancer", NAMED_BUCKETS[n], max_objects=4, slots=4, limits=LIMITS)
-                    for n in ("360p", "720p"))  # fmt: skip
+    small, large = (
+        profile_shapes("enhancer", NAMED_BUCKETS[n], max_objects=4, slots=4, limits=LIMITS, widths=PUBLISHED)
+        for n in ("360p", "720p")
+    )
     ranges = [small, large]
     at = {name: shape for name, (_, opt, _) in small.items() for shape in [opt]}
     assert select_profile(ranges, at, None) == 0
@@ -159,12 +173,15 @@ def test_select_profile():
 def test_manifest_profiles_match_the_build_settings():
     settings = BuildSettings((NAMED_BUCKETS["360p"], NAMED_BUCKETS["480p"]), max_objects=3)
     manifest = {
+        "model": {},  # the published architecture
         "memory": {"slots": 3},
         "limits": LIMITS,
         "tensorrt": {"profiles": [json.loads(json.dumps(vars(b))) for b in settings.buckets], "max_objects": 3},
     }
     for stage in STAGE_TYPES:
-        assert manifest_profiles(manifest, stage) == settings.stage_profiles(stage, slots=3, limits=LIMITS)
+        assert manifest_profiles(manifest, stage) == settings.stage_profiles(
+            stage, slots=3, limits=LIMITS, widths=PUBLISHED
+        )
 
 
 # ---- the Polygraphy loader chain -----------------------------------------------------------------
@@ -176,7 +193,7 @@ def test_polygraphy_loader_chain(tmp_path):
 
     loaded_before = "tensorrt" in sys.modules
     bucket_ranges = BuildSettings((NAMED_BUCKETS["360p"], NAMED_BUCKETS["480p"]), max_objects=4).stage_profiles(
-        "memory_reader", slots=4, limits=LIMITS
+        "memory_reader", slots=4, limits=LIMITS, widths=PUBLISHED
     )
     workspace_pool = object()  # stands for tensorrt.MemoryPoolType.WORKSPACE, a dictionary key here
     cache = tmp_path / "timing.cache"
@@ -273,13 +290,6 @@ def test_install_plans_needs_every_stage(small_dir):
 # ---- the command line ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def engines(model32, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trt") / "engines"
-    export_engines(model32, out, max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES)
-    return out
-
-
 def run_cli(*argv: str) -> int:
     """``jfdeploy ARGV``'s exit status (options are checked while parsed: argparse exits)."""
     try:
@@ -296,9 +306,9 @@ def _one_error_line(capsys, *needles: str) -> str:
     return err
 
 
-@pytest.mark.slow  # exports an engine directory (~40 s on 2 CPU cores, once for the module)
 @without_tensorrt
-def test_build_without_tensorrt_exits_2_and_writes_nothing(engines, tmp_path, capsys):
+def test_build_without_tensorrt_exits_2_and_writes_nothing(tiny_engines32, tmp_path, capsys):
+    engines = tiny_engines32
     before = tree_digest(engines)
     cache = tmp_path / "cache" / "trt.cache"
     assert run_cli("build", str(engines), "--timing-cache", str(cache)) == 2
@@ -328,11 +338,11 @@ def test_build_option_errors_exit_2(small_dir, options, message, capsys):
     assert tree_digest(small_dir) == before
 
 
-@pytest.mark.slow  # shares the module's engine directory
-def test_build_refuses_profiles_too_small_for_the_graphs(engines, capsys):
+def test_build_refuses_profiles_too_small_for_the_graphs(tiny_engines32, capsys):
+    engines = tiny_engines32
     before = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in engines.iterdir())
     assert run_cli("build", str(engines), "--profile", "16x16:64x64:128x128") == 2
-    _one_error_line(capsys, "fewer than the 7 tokens top-k needs")  # k 20 over 3 slots
+    _one_error_line(capsys, "fewer than the 2 tokens top-k needs")  # k 5 over 3 slots
     assert sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in engines.iterdir()) == before
 
 
@@ -367,10 +377,10 @@ SQUARE = "144x144:160x160:192x192"  # a second profile, to switch to
 
 @pytest.mark.slow
 @needs_tensorrt
-def test_build_and_run_plans(engines, tmp_path, golden, capsys):
+def test_build_and_run_plans(engines32, tmp_path, golden, capsys):
     """One build (two small profiles, optimization level 1 to keep it short), then the backend on the GPU."""
     directory = tmp_path / "engines"
-    shutil.copytree(engines, directory)
+    shutil.copytree(engines32, directory)
     cache = tmp_path / "trt.cache"
     assert run_cli("build", str(directory), "--profile", SMALL, "--profile", SQUARE, "--max-objects", "2",
                    "--timing-cache", str(cache), "--workspace", "2", "--optimization-level", "1") == 0  # fmt: skip

@@ -29,19 +29,19 @@ from jfdeploy.manifest import EngineError, check_tensorrt_plans, load_manifest
 from jfdeploy.plans import manifest_profiles, polygraphy_errors, require_tensorrt, select_profile
 
 
-def resolve_shape(stage: str, name: str, bound: dict[str, int]) -> tuple[int, ...]:
+def resolve_shape(stage: str, name: str, bound: dict[str, int], widths: specs.Widths) -> tuple[int, ...]:
     """A stage tensor's concrete shape from the symbols its inputs bound (``specs.Size`` derives the rest)."""
     h16 = bound["h16"] if "h16" in bound else bound["height"] // 16
     w16 = bound["w16"] if "w16" in bound else bound["width"] // 16
     slots = bound.get("ref_tokens", h16 * w16) // (h16 * w16)
-    size = specs.Size(objects=bound.get("objects", 1), height=16 * h16, width=16 * w16, slots=slots)
+    size = specs.Size(objects=bound.get("objects", 1), height=16 * h16, width=16 * w16, slots=slots, widths=widths)
     return specs.shape_at(stage, name, size)
 
 
 def bind_symbols(stage: str, inputs: tuple[torch.Tensor, ...]) -> dict[str, int]:
     bound: dict[str, int] = {}
     for name, tensor in zip(specs.input_names(stage), inputs, strict=True):
-        for dim, size in zip(specs.SHAPES[stage][name], tensor.shape, strict=True):
+        for dim, size in zip(specs.stage_shapes()[stage][name], tensor.shape, strict=True):  # symbols only
             if isinstance(dim, str):
                 bound[dim] = int(size)
     return bound
@@ -50,11 +50,14 @@ def bind_symbols(stage: str, inputs: tuple[torch.Tensor, ...]) -> dict[str, int]
 class OrtStage:
     """One stage graph run by onnxruntime; torch tensors in, torch tensors out (on ``device``)."""
 
-    def __init__(self, path: Path, stage: str, entry: dict[str, Any], device: torch.device) -> None:
+    def __init__(
+        self, path: Path, stage: str, entry: dict[str, Any], device: torch.device, widths: specs.Widths
+    ) -> None:
         import onnxruntime as ort
 
         self.stage = stage
         self.device = device
+        self.widths = widths  # the static dimensions of the outputs bound on the GPU
         self.input_dtypes = [_torch_dtype(i["dtype"]) for i in entry["inputs"]]
         self.output_dtypes = [_torch_dtype(o["dtype"]) for o in entry["outputs"]]
         self.input_names = [i["name"] for i in entry["inputs"]]
@@ -80,7 +83,7 @@ class OrtStage:
                                list(tensor.shape), tensor.data_ptr())  # fmt: skip
         bound = bind_symbols(self.stage, inputs)
         outputs = [
-            torch.empty(resolve_shape(self.stage, name, bound), dtype=dtype, device=self.device)
+            torch.empty(resolve_shape(self.stage, name, bound, self.widths), dtype=dtype, device=self.device)
             for name, dtype in zip(self.output_names, self.output_dtypes, strict=True)
         ]
         for name, tensor in zip(self.output_names, outputs, strict=True):
@@ -198,7 +201,7 @@ def engine_backend(
             raise JfDeployError("backend onnxruntime needs: pip install 'jfdeploy[onnx]'") from exc
         target = torch.device(device or "cpu")
         runners = {
-            stage: OrtStage(directory / entry["onnx"], stage, entry, target)
+            stage: OrtStage(directory / entry["onnx"], stage, entry, target, specs.Widths.from_manifest(manifest))
             for stage, entry in manifest["stages"].items()
         }
     elif kind == "tensorrt":

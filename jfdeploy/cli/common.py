@@ -19,6 +19,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from jfdeploy.errors import EXIT_USAGE, InputError
 
@@ -180,6 +181,25 @@ def output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
 
+WORKER_OPTIONS = {"threads": "--threads", "retries": "--retries"}  # apply only with --workers / --ray
+
+
+def worker_arguments(parser: argparse.ArgumentParser, noun: str, without: str = "1 locally") -> None:
+    """The "workers" group of run-many and eval (``jfdeploy.batch``): pool size, threads, Ray, retries;
+    ``noun`` is what one job is ("video", "sequence"), ``without`` what runs when --workers is not given."""
+    pool = parser.add_argument_group("workers")
+    pool.add_argument("--workers", type=int_at_least(1), default=None,
+                      help=f"worker processes (default: {without}; with --ray, as many Ray actors as fit)")  # fmt: skip
+    pool.add_argument("--threads", type=int_at_least(1), default=None,
+                      help="CPU threads per worker (default: the CPUs shared among the workers)")  # fmt: skip
+    pool.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="run on Ray (pip install 'jfdeploy[ray]'): a local cluster, or the cluster at ADDRESS (auto, ray://...)",
+    )  # fmt: skip
+    pool.add_argument("--retries", type=int_at_least(0), default=2,
+                      help=f"times a {noun} whose worker died is given to another worker (default 2)")  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- given options, presets
 
 
@@ -273,31 +293,66 @@ def announce(args: argparse.Namespace, backend: str, device, detail: str = "") -
         print(f"jfdeploy {args.command}: backend {backend} on {device_name(device)}{detail}", file=sys.stderr)
 
 
-def load_model(args: argparse.Namespace, device=None):
-    """The model of the command line's --checkpoint and --topk* options, on ``device`` (default --device)."""
-    from jfdeploy.model.checkpoint import load_model as load
-
-    device = device if device is not None else resolve_device(args.device)
+def warn_random_weights(args: argparse.Namespace) -> None:
+    """The command line's warning (once, on stderr) when no --checkpoint gives the weights."""
     if args.checkpoint is None:
         print(
             "WARNING: no --checkpoint: using deterministic RANDOM weights, masks are not meaningful.", file=sys.stderr
         )
+
+
+def load_model(args: argparse.Namespace, device=None, config=None):
+    """The model of the command line's --checkpoint and --topk* options, on ``device`` (default --device).
+
+    ``config``: the architecture to expect (an engine directory's model); without a checkpoint, the
+    random weights take it."""
+    from jfdeploy.model.checkpoint import load_model as load
+
+    device = device if device is not None else resolve_device(args.device)
+    warn_random_weights(args)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="NO CHECKPOINT GIVEN")
-        model = load(
-            args.checkpoint,
-            topk=args.topk,
-            topk_range=args.topk_range,
-            topk_blocks=args.topk_blocks,
-            topk_memory_token=args.topk_memory_token,
-        )
+        model = load(args.checkpoint, config=config, **model_kwargs(args))
     return model.to(device)
 
 
-def model_kwargs(args: argparse.Namespace) -> dict[str, object]:
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The --topk* options as ``load_model`` keyword arguments."""
     return {"topk": args.topk, "topk_range": args.topk_range, "topk_blocks": args.topk_blocks,
             "topk_memory_token": args.topk_memory_token}  # fmt: skip
+
+
+def run_on_workers(args: argparse.Namespace, jobs: list, out_root: Path, options, device, *,
+                   summary_path: Path | None = None, failure_note: str = ""):  # fmt: skip
+    """Run ``jobs`` (``jfdeploy.batch``) on the pool of the "workers" options (``worker_arguments``), each
+    worker loading the model of the command line (or the --engines); print the batch's line; return its
+    ``BatchSummary``. DifferenceError (exit 1) naming the first failed job, then ``failure_note``."""
+    from jfdeploy.batch import WorkerSpec, run_many
+    from jfdeploy.errors import DifferenceError
+
+    engines = options.engines is not None
+    if not engines:
+        warn_random_weights(args)
+    spec = WorkerSpec(
+        checkpoint=None if engines else args.checkpoint,
+        model_kwargs={} if engines else model_kwargs(args),
+        options=options,
+        device=str(device),
+        threads=args.threads,
+    )
+    noun = jobs[0].kind if jobs else "job"
+    engine = f"Ray ({args.ray})" if args.ray else "local processes"
+    announce(args, options.backend, device, f"{precision_note(options, device)}, {len(jobs)} {noun}s on {engine}")
+    summary = run_many(jobs, out_root, spec, workers=args.workers, ray_address=args.ray, retries=args.retries,
+                       overwrite=args.overwrite, progress=not args.quiet, summary_path=summary_path)  # fmt: skip
+    totals = summary.totals
+    print(f"{totals['done']} done, {totals['skipped']} already complete, {totals['failed']} failed, "
+          f"{summary.wall_seconds:.1f} s, {summary.workers} {summary.engine} worker(s) -> {summary.path}")  # fmt: skip
+    if summary.failed:
+        first = summary.failed[0]
+        count = f"{len(summary.failed)} of {len(jobs)} {noun}s failed"
+        raise DifferenceError(f"{count} (first: {first.name}: {first.error}){failure_note}")
+    return summary
 
 
 def engine_kind(engines: Path, backend: str = "torch") -> str:

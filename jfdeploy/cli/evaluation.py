@@ -8,10 +8,22 @@ import json
 from pathlib import Path
 
 from jfdeploy import fsutil
-from jfdeploy.cli.common import announce, inference_arguments, load_model, model_arguments, precision_note, run_options
+from jfdeploy.cli.common import (
+    WORKER_OPTIONS,
+    announce,
+    inference_arguments,
+    load_model,
+    model_arguments,
+    precision_note,
+    refuse_given,
+    run_on_workers,
+    run_options,
+    worker_arguments,
+)
 from jfdeploy.errors import DifferenceError, InputError
 
 DATASETS = ["davis2016", "davis2017", "youtubevos2018", "youtubevos2019", "generic"]
+WORKERS_SUMMARY = "workers.json"  # the pool's report (run-many's summary.json), beside the scores' summary.json
 
 
 def add_eval_parser(sub) -> None:
@@ -21,7 +33,8 @@ def add_eval_parser(sub) -> None:
         description="Run a backend over DAVIS 2016/2017 or YouTube-VOS 2018/2019 (or a generic folder), write "
         "the masks in the benchmark's layout, and, where ground truth is available (DAVIS), write per-sequence "
         "J/F/J&F to per_sequence.csv and summary.json. Resumable: sequences already written completely are "
-        "skipped.",
+        "skipped. With --workers N or --ray the sequences are segmented on a pool of workers (as run-many's; their "
+        "report goes to OUT/workers.json) and scored here afterwards.",
     )
     evaluate.add_argument("--dataset", required=True, choices=DATASETS)
     evaluate.add_argument(
@@ -41,6 +54,7 @@ def add_eval_parser(sub) -> None:
         help="segment every sequence again, replacing its masks (default: resume, skipping complete sequences)",
     )
     evaluate.add_argument("--flip", action="store_true", help="test-time augmentation: also horizontally flipped")
+    worker_arguments(evaluate, "sequence", without="none, the sequences run in this process")
     model_arguments(evaluate)
     inference_arguments(evaluate, default_size=480, many_sizes="averages test-time scales, e.g. 480,600",
                         size_alias="--scales")  # fmt: skip
@@ -85,11 +99,12 @@ def _sequences(args: argparse.Namespace) -> tuple[list, str]:
 def cmd_eval(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from jfdeploy import datasets
-    from jfdeploy.evaluate import evaluate_dataset, write_scores
-    from jfdeploy.predictor import VideoPredictor
+    from jfdeploy.evaluate import write_scores
     from jfdeploy.scoring import compare_folders
 
+    on_workers = args.workers is not None or args.ray is not None
+    if not on_workers:
+        refuse_given(args, WORKER_OPTIONS, "without --workers or --ray (sequences are segmented in this process)")
     options, device = run_options(args, sizes=tuple(args.size))
     options = dataclasses.replace(options, flip=args.flip)
     if args.dataset != "generic" and args.mask is not None:
@@ -103,29 +118,37 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if unknown:
             raise InputError(f"--sequences: unknown sequences {unknown}")
         sequences = [s for s in sequences if s.name in wanted]
+    masks_root = args.out if layout == "youtube" else args.out / "masks"  # youtube: out/Annotations/<vid>
+    if on_workers:
+        from jfdeploy.batch import jobs_from_sequences
+
+        run_on_workers(args, jobs_from_sequences(sequences), masks_root, options, device,
+                       summary_path=args.out / WORKERS_SUMMARY, failure_note="; no scores written")  # fmt: skip
+    else:
+        _evaluate_here(args, sequences, masks_root, options, device)
+    if layout == "davis" and args.dataset != "generic":
+        gt_root = args.root / "Annotations" / "480p"
+        summary = compare_folders(masks_root, gt_root, [s.name for s in sequences], binary=args.dataset == "davis2016")
+        write_scores(summary, args.out)
+        print(f"J&F {summary['J&F']:.4f}  J {summary['J']:.4f}  F {summary['F']:.4f} -> {args.out / 'summary.json'}")
+
+
+def _evaluate_here(args: argparse.Namespace, sequences: list, masks_root: Path, options, device) -> None:
+    """Segment the sequences in this process (``evaluate_dataset``); DifferenceError if any failed."""
+    from jfdeploy.evaluate import evaluate_dataset
+    from jfdeploy.predictor import VideoPredictor
+
     model = None if options.engines is not None else load_model(args, device)
     predictor = VideoPredictor(model, options)
-    masks_root = args.out if layout == "youtube" else args.out / "masks"  # youtube: out/Annotations/<vid>
     announce(args, options.backend, device, precision_note(options, device))
     computed, failed = evaluate_dataset(
-        predictor,
-        sequences,
-        masks_root,
-        progress=not args.quiet,
-        write_masks=datasets.write_sequence_masks,
-        is_complete=datasets.sequence_complete,
-        overwrite=args.overwrite,
+        predictor, sequences, masks_root, progress=not args.quiet, overwrite=args.overwrite
     )
     skipped = len(sequences) - len(computed) - len(failed)
     print(f"{len(computed)} sequence(s) segmented, {skipped} already complete -> {masks_root}")
     if failed:
         raise DifferenceError(f"{len(failed)} of {len(sequences)} sequences failed (first: "
                               f"{next(iter(failed))}: {next(iter(failed.values()))}); no scores written")  # fmt: skip
-    if layout == "davis" and args.dataset != "generic":
-        gt_root = args.root / "Annotations" / "480p"
-        summary = compare_folders(masks_root, gt_root, [s.name for s in sequences], binary=args.dataset == "davis2016")
-        write_scores(summary, args.out)
-        print(f"J&F {summary['J&F']:.4f}  J {summary['J']:.4f}  F {summary['F']:.4f} -> {args.out / 'summary.json'}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ from jfdeploy.cli.common import (
     resolve_device,
 )
 from jfdeploy.errors import InputError, JfDeployError
+from jfdeploy.io.synthetic import MAX_OBJECTS
 
 
 def add_export_parser(sub) -> None:
@@ -193,7 +194,7 @@ def add_check_parser(sub) -> None:
         "at every frame (drift); the tolerance of output prob (default: the global --atol / --rtol) applies to "
         "each frame's probabilities (default 0: stages only)",
     )
-    check.add_argument("--objects", type=int, choices=range(1, 6), default=2, metavar="1..5",
+    check.add_argument("--objects", type=int, choices=range(1, MAX_OBJECTS + 1), default=2, metavar=f"1..{MAX_OBJECTS}",
                        help="objects in the clip (default 2)")  # fmt: skip
     check.add_argument(
         "--clip-size",
@@ -358,10 +359,12 @@ def cmd_check(args: argparse.Namespace) -> None:
     if "torch" in runners:
         if manifest["checkpoint_sha256"] != _checkpoint_sha256(args.checkpoint):
             raise InputError("--checkpoint is not the checkpoint these engines were exported from")
-        options = manifest["model"]
+        from jfdeploy.model.config import ModelConfig
+
+        options = manifest["model"]  # the engines' architecture and top-k settings
         args.topk, args.topk_range, args.topk_blocks = options["topk"], options["topk_range"], options["topk_blocks"]
         args.topk_memory_token = options["topk_memory_token"]
-        model = load_model(args)
+        model = load_model(args, config=ModelConfig(**options))
     _check(args.engines, model, device, manifest=manifest, runners=runners, tolerances=tolerances,
            frames=args.frames, objects=args.objects, clip_size=clip_size, mem_every=args.mem_every,
            json_path=args.json)  # fmt: skip

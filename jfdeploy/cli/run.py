@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from jfdeploy.cli.common import (
@@ -12,12 +11,14 @@ from jfdeploy.cli.common import (
     int_at_least,
     load_model,
     model_arguments,
-    model_kwargs,
     output_arguments,
     precision_note,
+    run_on_workers,
     run_options,
+    worker_arguments,
 )
 from jfdeploy.errors import InputError
+from jfdeploy.io.synthetic import MAX_OBJECTS
 
 LIVE_HELP = "rtsp:// or http(s):// stream, /dev/videoN, or a camera index (0, 1, ...)"
 
@@ -73,8 +74,8 @@ def add_demo_parser(sub) -> None:
     )
     demo.add_argument("--out", type=Path, default=Path("jfdeploy-demo"), help="output folder (default ./jfdeploy-demo)")
     demo.add_argument("--frames", type=int_at_least(1), default=8, help="clip length (default 8)")
-    demo.add_argument("--objects", type=int, choices=range(1, 6), default=2, metavar="1..5",
-                      help="objects in the clip, 1-5 (default 2)")  # fmt: skip
+    demo.add_argument("--objects", type=int, choices=range(1, MAX_OBJECTS + 1), default=2, metavar=f"1..{MAX_OBJECTS}",
+                      help=f"objects in the clip, 1-{MAX_OBJECTS} (default 2)")  # fmt: skip
     demo.add_argument("--height", type=int_at_least(32), default=120, help="clip height (default 120)")
     demo.add_argument("--width", type=int_at_least(32), default=200, help="clip width (default 200)")
     model_arguments(demo)
@@ -152,17 +153,7 @@ def add_run_many_parser(sub) -> None:
     )  # fmt: skip
     run_many.add_argument("--out", type=Path, required=True, help="output folder: one sub-folder per video")
     run_many.add_argument("--engines", type=Path, default=None, help="engine directory (onnxruntime / tensorrt)")
-    pool = run_many.add_argument_group("workers")
-    pool.add_argument("--workers", type=int_at_least(1), default=None,
-                      help="workers (default: 1 locally; with --ray, as many as fit)")  # fmt: skip
-    pool.add_argument("--threads", type=int_at_least(1), default=None,
-                      help="CPU threads per worker (default: the CPUs shared among the workers)")  # fmt: skip
-    pool.add_argument(
-        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-        help="run on Ray (pip install 'jfdeploy[ray]'): a local cluster, or the cluster at ADDRESS (auto, ray://...)",
-    )  # fmt: skip
-    pool.add_argument("--retries", type=int_at_least(0), default=2,
-                      help="times a video whose worker died is given to another worker (default 2)")  # fmt: skip
+    worker_arguments(run_many, "video")
     run_many.add_argument("--overwrite", action="store_true", help="segment complete videos again, replacing them")
     model_arguments(run_many)
     inference_arguments(run_many, default_size=480)
@@ -170,8 +161,7 @@ def add_run_many_parser(sub) -> None:
 
 
 def cmd_run_many(args: argparse.Namespace) -> None:
-    from jfdeploy.batch import WorkerSpec, jobs_from_manifest, jobs_from_videos, run_many
-    from jfdeploy.errors import DifferenceError
+    from jfdeploy.batch import jobs_from_manifest, jobs_from_videos
 
     options, device = run_options(args)
     if (args.manifest is None) == (not args.videos):
@@ -184,23 +174,4 @@ def cmd_run_many(args: argparse.Namespace) -> None:
         if args.masks is None:
             raise InputError("VIDEOS need --masks DIR (the first-frame mask of each: <video stem>.png)")
         jobs = jobs_from_videos(args.videos, args.masks)
-    if args.checkpoint is None and options.engines is None:
-        print("WARNING: no --checkpoint: deterministic RANDOM weights, masks are not meaningful.", file=sys.stderr)
-    spec = WorkerSpec(
-        checkpoint=None if options.engines is not None else args.checkpoint,
-        model_kwargs={} if options.engines is not None else model_kwargs(args),
-        options=options,
-        device=str(device),
-        threads=args.threads,
-    )
-    engine = f"Ray ({args.ray})" if args.ray else "local processes"
-    announce(args, options.backend, device, f"{precision_note(options, device)}, {len(jobs)} videos on {engine}")
-    summary = run_many(jobs, args.out, spec, workers=args.workers, ray_address=args.ray, retries=args.retries,
-                       overwrite=args.overwrite, progress=not args.quiet)  # fmt: skip
-    totals = summary.totals
-    print(f"{totals['done']} done, {totals['skipped']} already complete, {totals['failed']} failed, "
-          f"{summary.wall_seconds:.1f} s, {summary.workers} {summary.engine} worker(s) -> {summary.path}")  # fmt: skip
-    if summary.failed:
-        first = summary.failed[0]
-        count = f"{len(summary.failed)} of {len(jobs)} videos failed"
-        raise DifferenceError(f"{count} (first: {first.name}: {first.error})")
+    run_on_workers(args, jobs, args.out, options, device)

@@ -18,8 +18,11 @@ from PIL import Image
 from jfdeploy.io.masks import write_label_png
 from jfdeploy.io.video import Mp4Encoder
 
-MAX_OBJECTS = 5
-OBJECT_COLOURS = ((230, 40, 40), (40, 200, 70), (50, 90, 240), (240, 210, 40), (210, 60, 220))
+OBJECT_COLOURS = (
+    (230, 40, 40), (40, 200, 70), (50, 90, 240), (240, 210, 40), (210, 60, 220), (40, 210, 220), (250, 140, 30),
+    (140, 90, 40),
+)  # fmt: skip
+MAX_OBJECTS = len(OBJECT_COLOURS)
 
 
 @dataclass
@@ -96,7 +99,7 @@ def make_clip(
     Args:
         num_frames: T >= 1.
         height, width: H, W >= 32.
-        num_objects: 1..5; object ``k`` (label ``k``) has colour ``OBJECT_COLOURS[k-1]``.
+        num_objects: 1..MAX_OBJECTS (8); object ``k`` (label ``k``) has colour ``OBJECT_COLOURS[k-1]``.
         seed: picks the background, the shapes' sizes and places, and their velocities.
 
     Returns:
