@@ -140,7 +140,7 @@ def build_engine_dir(
     directory = Path(directory)
     settings = settings or BuildSettings()
     manifest = load_manifest(directory)
-    slots, limits = manifest["memory"]["slots"], manifest["limits"]
+    slots, limits, widths = manifest["memory"]["slots"], manifest["limits"], Widths.from_manifest(manifest)
     settings.check(slots=slots, limits=limits)
     trt = require_tensorrt(hint=BUILD_HINT)
     import polygraphy
@@ -167,7 +167,7 @@ def build_engine_dir(
             with polygraphy_errors(f"TensorRT could not build {stage}"), G_LOGGER.verbosity(G_LOGGER.WARNING):
                 plan = plan_loader(
                     directory / manifest["stages"][stage]["onnx"],
-                    settings.stage_profiles(stage, slots=slots, limits=limits, widths=Widths.from_manifest(manifest)),
+                    settings.stage_profiles(stage, slots=slots, limits=limits, widths=widths),
                     workspace_bytes=int(settings.workspace_gib * (1 << 30)),
                     timing_cache=cache_work,
                     tf32=settings.tf32,

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_batch import hidden, pngs
 from test_datasets import _make_davis2017, _make_youtube
 
 from conftest import TINY_TOPK
@@ -46,14 +47,6 @@ def make_dataset(root: Path) -> Path:
     frame.write_bytes(frame.read_bytes()[:100])
     (root / "ImageSets" / "2017" / "val.txt").write_text("car\nbike\nbroken\n")
     return root
-
-
-def pngs(folder: Path) -> dict[str, bytes]:
-    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
-
-
-def hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
 def statuses(summary) -> dict[str, str]:

@@ -200,8 +200,9 @@ def engine_backend(
         except ImportError as exc:
             raise JfDeployError("backend onnxruntime needs: pip install 'jfdeploy[onnx]'") from exc
         target = torch.device(device or "cpu")
+        widths = specs.Widths.from_manifest(manifest)
         runners = {
-            stage: OrtStage(directory / entry["onnx"], stage, entry, target, specs.Widths.from_manifest(manifest))
+            stage: OrtStage(directory / entry["onnx"], stage, entry, target, widths)
             for stage, entry in manifest["stages"].items()
         }
     elif kind == "tensorrt":
