@@ -4,11 +4,11 @@ Two checks, both run by ``polygraphy.comparator.Comparator`` and judged by its `
 with per-output tolerances. Polygraphy's element-wise rule: an element is out of tolerance when its
 absolute error exceeds ``atol`` AND its relative error ``|a - b| / |reference|`` exceeds ``rtol``.
 
-- stages: every stage's example inputs (``specs.example_inputs`` at the manifest's example size, or
+- stages: every stage's example inputs (``examples.example_numpy`` at the manifest's example size, or
   with TensorRT the smallest frame of its first profile) go through one Polygraphy runner per backend:
   the PyTorch stage module (the reference, same weights), Polygraphy's ``OnnxrtRunner`` on the stage
-  graph, and the engine backend's TensorRT stage (``backends.engines``; when TensorRT, CUDA and plans
-  are present);
+  graph, and the TensorRT stage runtime (``backends.trt_runtime``; when TensorRT, CUDA and plans
+  are present). Without the torch runner nothing here imports torch;
 - drift: the frames of a generated clip go through each backend's whole staged loop
   (``jfdeploy.Segmenter``) from the same first mask, one Polygraphy iteration per frame. The
   reference memory feeds every frame's output into the next ones, so an engine's error can grow
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator, SimpleCompareFunc
@@ -41,8 +40,10 @@ from polygraphy.exception import PolygraphyException
 from polygraphy.logger import G_LOGGER
 
 from jfdeploy import specs
+from jfdeploy.backends.runtime import NUMPY_DTYPES
+from jfdeploy.devices import Device, cuda_device_count, onnxruntime_has_cuda
 from jfdeploy.errors import InputError, JfDeployError
-from jfdeploy.stages import STAGE_TYPES, build_stages
+from jfdeploy.export.examples import example_numpy
 
 # default tolerances by engine precision: (atol, rtol); fp16 graphs run in half precision
 TOLERANCE = {"fp32": (1e-3, 1e-3), "fp16": (1e-1, 5e-2)}
@@ -103,7 +104,7 @@ class Tolerances:
 def known_outputs() -> set[str]:
     """Output names a per-output tolerance may use: plain and ``stage.output`` (and the clip's ``prob``)."""
     names = {CLIP_OUTPUT, f"{CLIP}.{CLIP_OUTPUT}"}
-    for stage in STAGE_TYPES:
+    for stage in specs.STAGES:
         for output in specs.output_names(stage):
             names.update((output, f"{stage}.{output}"))
     return names
@@ -163,7 +164,7 @@ def missing_requirement(kind: str, manifest: Mapping[str, Any]) -> str | None:
             importlib.import_module("tensorrt")
         except Exception:  # ImportError, or an install failing at import (missing CUDA libraries)
             return "TensorRT is not installed (or does not import)"
-        if not torch.cuda.is_available():
+        if not cuda_device_count():
             return "TensorRT needs a CUDA device"
         if not manifest.get("tensorrt"):
             return "the engine directory holds no TensorRT plans (jfdeploy build)"
@@ -171,15 +172,14 @@ def missing_requirement(kind: str, manifest: Mapping[str, Any]) -> str | None:
     return f"unknown runner {kind!r}; runners: {', '.join(RUNNER_KINDS)}"
 
 
-def runner_device(kind: str, device: torch.device) -> torch.device:
+def runner_device(kind: str, device: str) -> Device:
     """Where runner ``kind`` runs: torch on ``device``; onnxruntime on it too if it is CUDA and onnxruntime
     has its CUDA provider, else on the CPU; tensorrt on ``device`` if it is CUDA, else on cuda."""
+    device = Device(device)
     if kind == "tensorrt":
-        return device if device.type == "cuda" else torch.device("cuda")
+        return device if device.type == "cuda" else Device("cuda")
     if kind == "onnxruntime" and device.type == "cuda":
-        import onnxruntime
-
-        return device if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else torch.device("cpu")
+        return device if onnxruntime_has_cuda() else Device("cpu")
     return device
 
 
@@ -211,72 +211,98 @@ def select_runners(requested: Sequence[str] | None, manifest: Mapping[str, Any])
     return list(requested)
 
 
-class TensorCallRunner(BaseRunner):
-    """A Polygraphy runner over a callable taking and returning torch tensors.
+class TorchStageRunner(BaseRunner):
+    """A Polygraphy runner over a PyTorch stage module (numpy in, numpy out; Polygraphy's own PytRunner
+    moves every input to CUDA and returns a tuple, so it cannot run on a CPU)."""
 
-    Wraps the PyTorch stage modules and the engine backend's TensorRT stages (Polygraphy's own
-    PytRunner moves every input to CUDA and returns a tuple, so it cannot run on a CPU).
-    """
-
-    def __init__(self, name: str, call: Callable[..., Any], inputs: Mapping[str, tuple[torch.dtype, tuple]],
-                 outputs: Sequence[str], device: torch.device) -> None:  # fmt: skip
-        super().__init__(name=name)
-        self._call = call
-        self._inputs = dict(inputs)
-        self._outputs = list(outputs)
-        self._device = device
+    def __init__(self, stage: str, module: Any, widths: specs.Widths, device: str, model_float: str) -> None:
+        super().__init__(name="torch")
+        self._stage, self._module, self._widths, self._device = stage, module, widths, device
+        self._model_float = model_float
 
     def get_input_metadata_impl(self):
-        meta = TensorMetadata()
-        for name, (dtype, shape) in self._inputs.items():
-            meta.add(name, dtype, shape)
-        return meta
+        return _stage_metadata(self._stage, self._widths, self._model_float)
 
     def infer_impl(self, feed_dict):
-        tensors = [torch.as_tensor(feed_dict[name]).to(self._device) for name in self._inputs]
+        import torch
+
+        tensors = [
+            torch.from_numpy(np.array(feed_dict[name])).to(self._device) for name in specs.input_names(self._stage)
+        ]
+        if self._stage in specs.MODEL_STAGES:  # the reference runs the model in fp32 whatever the engines' precision
+            tensors = [t.float() if t.is_floating_point() else t for t in tensors]
         start = time.perf_counter()
         with torch.inference_mode():
-            result = self._call(*tensors)
+            result = self._module(*tensors)
             result = result if isinstance(result, tuple) else (result,)
-            if self._device.type == "cuda":
+            if Device(self._device).type == "cuda":
                 torch.cuda.synchronize(self._device)
         self.inference_time = time.perf_counter() - start
         return OrderedDict(
-            (name, value.detach().cpu().numpy()) for name, value in zip(self._outputs, result, strict=True)
+            (name, value.detach().float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy())
+            for name, value in zip(specs.output_names(self._stage), result, strict=True)
         )
 
 
-def _stage_inputs(stage: str, widths: specs.Widths) -> dict[str, tuple[torch.dtype, tuple]]:
+class RuntimeStageRunner(BaseRunner):
+    """A Polygraphy runner over one stage of a stage runtime (``jfdeploy.backends.runtime``): uploads the
+    feed, runs the stage, downloads the outputs. The TensorRT runner of ``check``."""
+
+    def __init__(self, name: str, stage: str, runtime: Any, widths: specs.Widths) -> None:
+        super().__init__(name=name)
+        self._stage, self._runtime, self._widths = stage, runtime, widths
+
+    def get_input_metadata_impl(self):
+        return _stage_metadata(self._stage, self._widths, self._runtime.model_float)
+
+    def infer_impl(self, feed_dict):
+        arrays = [self._runtime.upload(np.asarray(feed_dict[name])) for name in specs.input_names(self._stage)]
+        start = time.perf_counter()
+        outputs = [self._runtime.download(a) for a in self._runtime.run(self._stage, *arrays)]
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict(zip(specs.output_names(self._stage), outputs, strict=True))
+
+
+def _stage_metadata(stage: str, widths: specs.Widths, model_float: str = "float32") -> TensorMetadata:
     """A stage's inputs as Polygraphy metadata: dtype and shape (symbols are dynamic dimensions)."""
-    shapes = specs.stage_shapes(widths)[stage]
-    return {
-        name: (torch.bool if name in specs.BOOL_TENSORS else torch.float32, shapes[name])
-        for name in specs.input_names(stage)
-    }
+    meta = TensorMetadata()
+    for name in specs.input_names(stage):
+        dtype = NUMPY_DTYPES[specs.tensor_dtype(stage, name, model_float)]
+        meta.add(name, dtype, specs.stage_shapes(widths)[stage][name])
+    return meta
 
 
 class StageRunners:
     """Polygraphy runners of each stage for the chosen backends (reference first).
 
-    torch: the stage modules of ``model`` (``jfdeploy.stages``); onnxruntime: Polygraphy's
-    OnnxrtRunner over the stage graph; tensorrt: the engine backend's stage runner over the plan.
+    torch: the stage modules of ``model`` (``jfdeploy.stages``, ``jfdeploy.loop_stages``); onnxruntime:
+    Polygraphy's OnnxrtRunner over the stage graph; tensorrt: the TensorRT stage runtime over the plans.
     """
 
     def __init__(self, kinds: Sequence[str], *, engines: Path, manifest: Mapping[str, Any], model,
-                 device: torch.device) -> None:  # fmt: skip
+                 device: str) -> None:  # fmt: skip
         self.kinds = list(kinds)
         self.engines = Path(engines)
         self.manifest = manifest
         self.widths = specs.Widths.from_manifest(manifest)
-        self.device = device
-        self._torch_stages = build_stages(model.eval()) if "torch" in kinds else None
+        self.model_float = manifest["stages"]["frame_encoder"]["inputs"][0]["dtype"]
+        self.device = Device(device)
+        self._torch_stages: dict[str, Any] | None = None
+        if "torch" in kinds:
+            from jfdeploy.loop_stages import build_loop_stages
+            from jfdeploy.stages import build_stages
+
+            model = model.eval().to(str(runner_device("torch", self.device)))
+            import torch
+
+            loop = build_loop_stages(model_dtype=getattr(torch, self.model_float), in_place=False)
+            self._torch_stages = {**dict(build_stages(model).items()), **loop}
         self._tensorrt = None
         if "tensorrt" in kinds:
-            from jfdeploy.backends.engines import engine_backend
+            from jfdeploy.backends.engines import engine_runtime
 
-            memory = manifest["memory"]["max_memory_frames"]
-            target = runner_device("tensorrt", device)
-            self._tensorrt = engine_backend("tensorrt", engines, max_memory_frames=memory, device=target)
+            target = str(runner_device("tensorrt", self.device))
+            self._tensorrt = engine_runtime("tensorrt", self.engines, dict(manifest), target)
 
     def _onnxruntime(self, stage: str):
         import onnxruntime
@@ -288,21 +314,18 @@ class StageRunners:
         return OnnxrtRunner(SessionFromOnnx(str(path), providers=providers), name="onnxruntime")
 
     def for_stage(self, stage: str) -> list:
-        runners = []
-        outputs = specs.output_names(stage)
+        runners: list[BaseRunner] = []
         for kind in self.kinds:
             if kind == "onnxruntime":
                 runners.append(self._onnxruntime(stage))
-                continue
-            call: Callable[..., Any]
-            if kind == "torch":
+            elif kind == "torch":
                 assert self._torch_stages is not None  # built when "torch" is among the kinds
-                call = self._torch_stages[stage]
+                device = str(runner_device(kind, self.device))
+                module = self._torch_stages[stage]
+                runners.append(TorchStageRunner(stage, module, self.widths, device, self.model_float))
             else:
                 assert self._tensorrt is not None  # loaded when "tensorrt" is among the kinds
-                call = self._tensorrt.runners[stage]
-            device = runner_device(kind, self.device)
-            runners.append(TensorCallRunner(kind, call, _stage_inputs(stage, self.widths), outputs, device))
+                runners.append(RuntimeStageRunner(kind, stage, self._tensorrt, self.widths))
         return runners
 
 
@@ -394,9 +417,8 @@ def _run(runners, feeds: Sequence[Mapping[str, np.ndarray]]):
 def check_stages(runners: StageRunners, size: specs.Size, tolerances: Tolerances, seed: int = 1) -> list[OutputCheck]:
     """Every stage's example inputs at ``size`` through every runner; one row per output and pair."""
     checks = []
-    for stage in STAGE_TYPES:
-        inputs = specs.example_inputs(stage, size, seed=seed)
-        feed = OrderedDict((name, t.numpy()) for name, t in zip(specs.input_names(stage), inputs, strict=True))
+    for stage in specs.STAGES:
+        feed = OrderedDict(example_numpy(stage, size, runners.model_float, seed=seed))
         run_results = _run(runners.for_stage(stage), [feed])
         with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
             checks.extend(_compare(run_results, tolerances, stage, specs.output_names(stage)))
@@ -481,7 +503,7 @@ class PredictorRunner(BaseRunner):
         start = time.perf_counter()
         result = self.predictor.step(feed_dict["frame"], feed_dict["first_labels"] if first else None,
                                      probabilities=True)  # fmt: skip
-        output = result.probabilities.float().cpu().numpy()
+        output = np.asarray(result.probabilities, dtype=np.float32)
         self.inference_time = time.perf_counter() - start
         return OrderedDict([(CLIP_OUTPUT, output)])
 
@@ -502,7 +524,7 @@ def mask_agreement(prob: np.ndarray, reference: np.ndarray) -> tuple[float, floa
     return float(np.mean(iou)), float(np.mean(labels != reference_labels))
 
 
-def predictor_factories(kinds: Sequence[str], *, model, engines: Path | None, device: torch.device, mem_every: int,
+def predictor_factories(kinds: Sequence[str], *, model, engines: Path | None, device: str, mem_every: int,
                         max_memory_frames: int) -> dict[str, Callable[[], Any]]:  # fmt: skip
     """Runner name -> a function making a fresh ``VideoPredictor`` for it, at the clip's own size.
 

@@ -29,10 +29,12 @@ import torch
 from jfdeploy import manifest as manifest_io
 from jfdeploy import specs
 from jfdeploy.errors import JfDeployError
+from jfdeploy.export.examples import example_inputs
 from jfdeploy.fsutil import atomic_directory, raise_if_interrupted
 from jfdeploy.limits import frame_tokens_needed, token_limits
+from jfdeploy.loop_stages import build_loop_stages
 from jfdeploy.model import JointFormer
-from jfdeploy.stages import STAGE_TYPES, build_stages
+from jfdeploy.stages import build_stages
 
 if TYPE_CHECKING:
     from jfdeploy.export.tensorrt import BuildSettings
@@ -71,13 +73,21 @@ def _import_onnx():
     return onnx
 
 
-def export_stage(module: torch.nn.Module, stage: str, path: Path, size: specs.Size, opset: int = OPSET) -> None:
-    """Trace one stage at ``size`` and write its ONNX graph (fp32) to ``path``."""
+def export_stage(
+    module: torch.nn.Module,
+    stage: str,
+    path: Path,
+    size: specs.Size,
+    opset: int = OPSET,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Trace one stage at ``size`` and write its ONNX graph to ``path`` (``dtype``: of the model-side floats
+    of its example inputs; the model's stages are traced in fp32 and converted afterwards)."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes: sizes stay symbolic
         torch.onnx.export(
             module,
-            specs.example_inputs(stage, size),
+            example_inputs(stage, size, dtype),
             str(path),
             input_names=list(specs.input_names(stage)),
             output_names=list(specs.output_names(stage)),
@@ -134,7 +144,10 @@ def export_engines(
     example = example or example_size(model, slots)
     if example.widths != specs.Widths.of(model.config):
         raise JfDeployError(f"example size widths {example.widths} are not the model's {specs.Widths.of(model.config)}")
-    stages = build_stages(model)
+    # the frame loop's stages are traced with the graphs' float type at their model-side tensors (casts inside)
+    # and never converted: they compute probabilities and masks in fp32 whatever the precision
+    graph_float = torch.float16 if precision == "fp16" else torch.float32
+    stages = {**dict(build_stages(model).items()), **build_loop_stages(torch.float32, graph_float, in_place=False)}
     report = progress or (lambda message: None)
     onnxslim = _import_onnxslim() if slim else None
     slim_entry = {"tool": "onnxslim", "version": getattr(onnxslim, "__version__", None), "skipped": None}
@@ -145,13 +158,16 @@ def export_engines(
         slim_entry["skipped"] = "disabled (slim=False)"
     stage_entries: dict[str, Any] = {}
     with atomic_directory(Path(out_dir), overwrite=overwrite) as staging:
-        for stage in STAGE_TYPES:
+        for stage in specs.STAGES:
             raise_if_interrupted()  # a library may have swallowed the interrupt during the previous stage
             path = staging / f"{stage}.onnx"
             report(f"exporting {stage}")
-            export_stage(stages[stage], stage, path, example)
+            loop = stage in specs.LOOP_STAGES
+            export_stage(stages[stage], stage, path, example, dtype=graph_float if loop else torch.float32)
             graph = onnx.load(str(path))
-            if precision == "fp16":  # before slimming: onnxconverter-common 1.16 mis-types a slimmed graph's Casts
+            if (
+                precision == "fp16" and not loop
+            ):  # before slimming: onnxconverter-common 1.16 mis-types a slimmed graph's Casts
                 graph = to_fp16(graph)  # (onnxruntime refuses it), and it picks its fp32 blocks on the traced graph
             nodes_before_slim = len(graph.graph.node)
             if onnxslim is not None:  # last: folds what tracing and the fp16 conversion left (e.g. duplicate Casts)
@@ -192,15 +208,20 @@ def export_engines(
     return manifest_io.load_manifest(out_dir)
 
 
-_ONNX_DTYPES = {1: "float32", 9: "bool", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32"}
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 9: "bool", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32"}
 
 
 def _io_entries(values, stage: str, widths: specs.Widths) -> list[dict[str, Any]]:
     shapes = specs.stage_shapes(widths)[stage]
+    for value in values:
+        if value.type.tensor_type.elem_type not in _ONNX_DTYPES:
+            raise JfDeployError(
+                f"{stage}: {value.name} has ONNX type {value.type.tensor_type.elem_type}, not one of ours"
+            )
     return [
         {
             "name": value.name,
-            "dtype": _ONNX_DTYPES.get(value.type.tensor_type.elem_type, str(value.type.tensor_type.elem_type)),
+            "dtype": _ONNX_DTYPES[value.type.tensor_type.elem_type],
             "shape": list(shapes[value.name]),
         }
         for value in values

@@ -17,10 +17,11 @@ from typing import Any
 
 from jfdeploy.errors import JfDeployError
 from jfdeploy.fsutil import sha256_file, write_text_atomic
+from jfdeploy.specs import STAGES
 
 MANIFEST = "manifest.json"
 FORMAT = "jfdeploy-engines"
-VERSION = 1
+VERSION = 2  # 2: every tensor op of a frame is a stage (pre/postprocessing, aggregation, memory write)
 
 
 class EngineError(JfDeployError):
@@ -63,6 +64,11 @@ def load_manifest(directory: str | os.PathLike, *, verify_files: bool = True) ->
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise EngineError(f"{path} is not valid JSON: {exc}") from exc
+    if manifest.get("format") == FORMAT and manifest.get("version") == 1:
+        raise EngineError(
+            f"{directory} was exported by an older jfdeploy (manifest v1, without the frame loop's stages): "
+            "export it again with `jfdeploy export`"
+        )
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise EngineError(
             f"{path}: format {manifest.get('format')!r} v{manifest.get('version')}, expected {FORMAT!r} v{VERSION}"
@@ -75,6 +81,14 @@ def load_manifest(directory: str | os.PathLike, *, verify_files: bool = True) ->
             if sha256_file(file) != digest:
                 raise EngineError(f"{directory}: {name} does not match its sha256 in the manifest (modified?)")
     return manifest
+
+
+def check_stages(manifest: dict[str, Any], directory: str | os.PathLike) -> None:
+    """Refuse a directory that lacks a graph of some stage (every tensor op of a frame is one)."""
+    missing = [stage for stage in STAGES if stage not in manifest.get("stages", {})]
+    if missing:
+        raise EngineError(f"{directory} has no graph for the stages {', '.join(missing)}: export it again with "
+                          "`jfdeploy export`")  # fmt: skip
 
 
 def check_tensorrt_plans(manifest: dict[str, Any], *, tensorrt_version: str, gpu: str) -> None:

@@ -2,8 +2,8 @@
 
 Layout (``L`` joint blocks, ``O`` objects, ``S = max_memory_frames + 1`` slots of ``n`` tokens):
 
-    keys, values:  L x O x heads x (S*n) x d     slot s holds tokens [s*n, (s+1)*n)
-    valid:         O x (S*n) bool                 False where a slot is empty (never attended)
+    keys, values:  L x O x heads x S x n x d     (the memory reader reads them as L x O x heads x (S*n) x d)
+    valid:         O x S x n bool                 False where a slot is empty (never attended)
 
 Slots of one object, with the published eviction order:
 
@@ -12,17 +12,22 @@ Slots of one object, with the published eviction order:
     slot M            the temporary reference: the latest frame that was not a memory frame
                       (with M = 1, memory frames after the first land here too)
 
-The buffers are written in place; shapes change only when objects are added (the O axis grows
-once per appearance) so the stage shapes stay constant once memory is full. The logical order of
-the references (first, FIFO oldest..newest, temporary) is not the physical one; attention is a sum
-over the selected references, so only the floating-point summation order differs.
+The buffers are written by the ``memory_write`` stage (in place where the runtime binds its outputs to
+its inputs) and grown by ``memory_grow`` when objects are added (the O axis grows once per appearance),
+so the stage shapes stay constant once memory is full. This module keeps the host side: which slot each
+object's next frame goes to (a few integers), and the arrays the runtime returned. The logical order of
+the references (first, FIFO oldest..newest, temporary) is not the physical one; attention is a sum over
+the selected references, so only the floating-point summation order differs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+import numpy as np
+
+from jfdeploy.backends.runtime import Array, StageRuntime
+from jfdeploy.specs import Widths
 
 
 @dataclass
@@ -35,17 +40,22 @@ class ObjectSlots:
 
 
 class ReferenceMemory:
-    def __init__(self, *, max_memory_frames: int) -> None:
+    """The memory of one video on ``runtime``; ``widths``: the model's (joint blocks, heads, head size)."""
+
+    def __init__(self, runtime: StageRuntime, widths: Widths, *, max_memory_frames: int) -> None:
         if max_memory_frames < 1:
             raise ValueError(f"max_memory_frames must be >= 1, got {max_memory_frames}")
+        self.runtime = runtime
+        self.widths = widths
         self.max_memory_frames = max_memory_frames
         self.num_slots = max_memory_frames + 1
         self.temporary_slot = max_memory_frames
-        self.keys: torch.Tensor | None = None  # L x O x heads x (S*n) x d
-        self.values: torch.Tensor | None = None
-        self.valid: torch.Tensor | None = None  # O x (S*n)
+        self.keys: Array | None = None  # L x O x heads x S x n x d
+        self.values: Array | None = None
+        self.valid: Array | None = None  # O x S x n
         self.objects: list[ObjectSlots] = []
         self.tokens_per_frame = 0
+        self._slot_arrays: dict[tuple[int, ...], Array] = {}  # device copies of the slot lists seen
 
     @property
     def num_objects(self) -> int:
@@ -56,30 +66,48 @@ class ReferenceMemory:
         """Every slot of every object holds a frame (the validity mask is all True)."""
         return all(t is not None for slots in self.objects for t in slots.times)
 
-    @property
-    def valid_or_none(self) -> torch.Tensor | None:
-        """The validity mask, or None when it is all True (lets the attention skip masking)."""
-        return None if self.full else self.valid
+    def reader_inputs(self, skip_full_validity: bool = False) -> tuple[Array, Array, Array | None]:
+        """(keys, values, valid) as the memory reader takes them: L x O x heads x (S*n) x d and O x (S*n);
+        valid None once every slot is valid when ``skip_full_validity`` (the attention then skips masking)."""
+        assert self.keys is not None and self.values is not None and self.valid is not None
+        layers, objects, heads, slots, n, d = self.runtime.shape(self.keys)
+        flat = (layers, objects, heads, slots * n, d)
+        valid = None if skip_full_validity and self.full else self.runtime.view(self.valid, (objects, slots * n))
+        return self.runtime.view(self.keys, flat), self.runtime.view(self.values, flat), valid
 
-    def _grow(self, keys: torch.Tensor) -> None:
-        """Allocate (first write) or extend the object axis (new objects) to ``keys.shape[1]``."""
-        layers, objects, heads, n, d = keys.shape
+    def grow(self, memory_token: Array, initial_memory_token: Array, objects: int, tokens_per_frame: int) -> Array:
+        """Room for ``objects`` objects (new ones empty) in frames of ``tokens_per_frame`` tokens; returns
+        the memory tokens of all objects (new ones start from ``initial_memory_token``)."""
+        runtime = self.runtime
         if self.keys is None:
-            self.tokens_per_frame = n
-            shape = (layers, objects, heads, self.num_slots * n, d)
-            self.keys = keys.new_zeros(shape)
-            self.values = keys.new_zeros(shape)
-            self.valid = torch.zeros(objects, self.num_slots * n, dtype=torch.bool, device=keys.device)
-        elif n != self.tokens_per_frame:
-            raise ValueError(f"frame has {n} tokens, memory holds frames of {self.tokens_per_frame}")
-        elif objects > self.num_objects:  # once per appearance of new objects, never per frame
-            assert self.values is not None and self.valid is not None  # allocated together with self.keys
-            extra = objects - self.num_objects
-            pad = keys.new_zeros((layers, extra, *self.keys.shape[2:]))
-            self.keys = torch.cat([self.keys, pad], dim=1)
-            self.values = torch.cat([self.values, pad], dim=1)
-            self.valid = torch.cat([self.valid, self.valid.new_zeros((extra, self.valid.shape[1]))])
+            self.tokens_per_frame = tokens_per_frame
+            w = self.widths
+            empty = (w.layers, 0, w.heads, self.num_slots, tokens_per_frame, w.head_dim)
+            self.keys = runtime.zeros(empty, runtime.memory_float)
+            self.values = runtime.zeros(empty, runtime.memory_float)
+            self.valid = runtime.zeros((0, self.num_slots, tokens_per_frame), "bool")
+        elif tokens_per_frame != self.tokens_per_frame:
+            raise ValueError(f"frame has {tokens_per_frame} tokens, memory holds frames of {self.tokens_per_frame}")
+        count = runtime.upload(np.zeros(objects, np.int64))  # only its length counts
+        self.keys, self.values, self.valid, memory_token = runtime.run(
+            "memory_grow", self.keys, self.values, self.valid, memory_token, initial_memory_token, count
+        )
         self.objects += [ObjectSlots([None] * self.num_slots) for _ in range(objects - self.num_objects)]
+        self._upload_future_slots()
+        return memory_token
+
+    def _upload_future_slots(self) -> None:
+        """Upload now every slot list the next writes can use, so that writes between two growths copy
+        nothing to the device (objects only change on frames that bring a mask, which upload anyway).
+
+        Temporary writes leave the slots' state unchanged; memory writes advance it through the FIFO ring,
+        which repeats after M - 1 writes once full: 2 M simulated memory writes see every list."""
+        simulated = [ObjectSlots(list(o.times), o.permanent, o.fifo_oldest) for o in self.objects]
+        lists = {(self.temporary_slot,) * len(simulated)}  # a temporary write, once every object has a memory frame
+        for _ in range(2 * self.num_slots):
+            lists.add(tuple(self._slot_for(o, True) for o in simulated))
+        for slots in lists - set(self._slot_arrays):
+            self._slot_arrays[slots] = self.runtime.upload(np.asarray(slots, np.int64))
 
     def _slot_for(self, slots: ObjectSlots, permanent: bool) -> int:
         if slots.permanent == 0:
@@ -96,26 +124,22 @@ class ReferenceMemory:
         slots.fifo_oldest = (slots.fifo_oldest + 1) % (self.max_memory_frames - 1)
         return slot
 
-    def write(self, keys: torch.Tensor, values: torch.Tensor, *, permanent: bool, time: int) -> None:
-        """Store one frame's keys/values (L x O x heads x n x d) for all O objects.
-
-        Objects new to the memory get the frame as their first memory frame.
-        """
-        self._grow(keys)
-        assert self.keys is not None and self.values is not None and self.valid is not None  # allocated by _grow
-        by_slot: dict[int, list[int]] = {}
-        for obj, slots in enumerate(self.objects):
-            slot = self._slot_for(slots, permanent)
-            slots.times[slot] = time
-            by_slot.setdefault(slot, []).append(obj)
-        n = self.tokens_per_frame
-        for slot, objs in by_slot.items():
-            span = slice(slot * n, (slot + 1) * n)
-            # runs of consecutive objects as slices: an index tensor would be a host-to-device copy per frame
-            for index in _runs(objs):
-                self.keys[:, index, :, span] = keys[:, index]
-                self.values[:, index, :, span] = values[:, index]
-                self.valid[index, span] = True
+    def write(self, keys: Array, values: Array, *, permanent: bool, time: int) -> None:
+        """Store one frame's keys/values (L x O x heads x n x d) for all O objects (``grow`` first for new
+        ones: their first reference is this frame, a memory frame)."""
+        assert self.keys is not None and self.values is not None and self.valid is not None  # allocated by grow
+        slots = []
+        for object_slots in self.objects:
+            slot = self._slot_for(object_slots, permanent)
+            object_slots.times[slot] = time
+            slots.append(slot)
+        key = tuple(slots)
+        if key not in self._slot_arrays:  # uploaded by grow; kept for any sequence it did not foresee
+            self._slot_arrays[key] = self.runtime.upload(np.asarray(slots, np.int64))
+        memory = (self.keys, self.values, self.valid)
+        self.keys, self.values, self.valid = self.runtime.run(
+            "memory_write", *memory, keys, values, self._slot_arrays[key], into=memory
+        )
 
     def reference_times(self) -> list[list[int]]:
         """Per object, the frames it currently reads, in the published order (first, FIFO, temporary)."""
@@ -125,14 +149,3 @@ class ReferenceMemory:
             ordered = [slots.times[0], *sorted(fifo), slots.times[self.temporary_slot]]
             result.append([t for t in ordered if t is not None])
         return result
-
-
-def _runs(indices: list[int]) -> list[slice]:
-    """Ascending indices as slices of consecutive runs: [0, 1, 3] -> [slice(0, 2), slice(3, 4)]."""
-    runs: list[slice] = []
-    for i in indices:
-        if runs and runs[-1].stop == i:
-            runs[-1] = slice(runs[-1].start, i + 1)
-        else:
-            runs.append(slice(i, i + 1))
-    return runs

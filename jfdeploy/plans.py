@@ -75,15 +75,29 @@ def check_bucket_tokens(bucket: Bucket, *, slots: int, limits: dict[str, Any]) -
         raise InputError(f"profile {bucket}: minimum {low_h}x{low_w} has fewer than the {needed} tokens top-k needs")
 
 
+# the frame loop's stages see the caller's frames: from 16 x 16 to 4K (sources), with resampling taps
+# from 1 (no resize) to what the largest source shrunk to the bucket's smallest frame needs
+SOURCE_MIN_HW = (16, 16)
+SOURCE_MAX_HW = (2160, 4096)
+
+
+def _max_taps(bucket: Bucket) -> int:
+    """PIL's bilinear taps when the largest source shrinks to the bucket's smallest frame (2 ceil(scale) + 1)."""
+    scale = max(SOURCE_MAX_HW[0] / bucket.min_hw[0], SOURCE_MAX_HW[1] / bucket.min_hw[1])
+    return 2 * int(-(-scale // 1)) + 1
+
+
 def profile_shapes(
     stage: str, bucket: Bucket, *, max_objects: int, slots: int, limits: dict[str, Any], widths: specs.Widths
 ) -> dict[str, ShapeRange]:
-    """(min, opt, max) shape of every input of ``stage`` in ``bucket``: min and opt 1 object, max ``max_objects``."""
+    """(min, opt, max) shape of every input of ``stage`` in ``bucket``: min and opt 1 object, max ``max_objects``;
+    sources from 16 x 16 to 4K, opt a 1080p frame; objects already in memory from 0 (the first frame)."""
     check_bucket_tokens(bucket, slots=slots, limits=limits)
+    taps = _max_taps(bucket)
     sizes = (
-        specs.Size(1, *bucket.min_hw, slots, widths),
-        specs.Size(1, *bucket.opt_hw, slots, widths),
-        specs.Size(max_objects, *bucket.max_hw, slots, widths),
+        specs.Size(1, *bucket.min_hw, slots, widths, *SOURCE_MIN_HW, 1, 1, old_objects=0),
+        specs.Size(1, *bucket.opt_hw, slots, widths, 1080, 1920, 5, 5, old_objects=1),
+        specs.Size(max_objects, *bucket.max_hw, slots, widths, *SOURCE_MAX_HW, taps, taps, old_objects=max_objects),
     )
     return {
         name: tuple(specs.shape_at(stage, name, size) for size in sizes)  # type: ignore[misc]
@@ -131,10 +145,10 @@ def require_tensorrt(purpose: str = "building TensorRT plans", hint: str = ""):
     except ImportError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise JfDeployError(f"TensorRT is not installed ({reason}): {purpose} needs it{hint}") from exc
-    import torch
+    from jfdeploy.devices import cuda_device_count
 
-    if not torch.cuda.is_available():
-        raise JfDeployError(f"{purpose} needs a CUDA GPU (torch.cuda.is_available() is False)")
+    if not cuda_device_count():
+        raise JfDeployError(f"{purpose} needs a CUDA GPU (none is visible)")
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.colors = False  # no "install colored" notice; messages stay plain text

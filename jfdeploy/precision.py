@@ -9,28 +9,36 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from jfdeploy.errors import InputError
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+PRECISION_NAMES = ("fp32", "fp16", "bf16")  # torch dtypes float32, float16, bfloat16 (torch imported on use)
+
+
+def torch_precisions() -> dict[str, torch.dtype]:
+    """Precision name -> torch dtype (imports torch)."""
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def precision_dtype(name: str) -> torch.dtype:
     """The torch dtype of a precision name; InputError naming the choices otherwise."""
-    try:
-        return PRECISIONS[name]
-    except KeyError:
-        raise InputError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}") from None
+    if name not in PRECISION_NAMES:
+        raise InputError(f"unknown precision {name!r}; choose one of {', '.join(PRECISION_NAMES)}")
+    return torch_precisions()[name]
 
 
 def precision_name(dtype: torch.dtype) -> str:
     """The precision name of a torch dtype (float32 -> "fp32")."""
-    for name, known in PRECISIONS.items():
+    for name, known in torch_precisions().items():
         if known == dtype:
             return name
-    raise InputError(f"no precision name for {dtype}; supported: {', '.join(map(str, PRECISIONS.values()))}")
+    raise InputError(f"no precision name for {dtype}; supported: {', '.join(PRECISION_NAMES)}")
 
 
 @cache

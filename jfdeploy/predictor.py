@@ -7,11 +7,14 @@
     predictor.add_objects(label_map)   # new labels start with the next step; known ones are corrected
     predictor.reset()                  # a new video (engines and weights stay loaded)
 
-Everything a caller would otherwise repeat lives here: the shorter-side resize the published
-evaluation uses, ImageNet normalization, padding (``Segmenter``), one ``Segmenter`` per test-time
-augmentation (shorter sides x horizontal flip, probabilities averaged at the original size), the
-argmax back to the caller's labels. ``run``, ``demo``, ``eval``, ``run-many`` and ``bench`` all go
-through ``predict_frames`` below, so their masks are the masks this class returns.
+Everything a caller would otherwise repeat lives here, as stages of the backend's runtime
+(``jfdeploy.loop_stages``) driven by the tables of ``jfdeploy.resample``: the shorter-side resize the
+published evaluation uses, ImageNet normalization and padding (``preprocess``), the given label maps
+(``label_masks``), one ``Segmenter`` per test-time augmentation (shorter sides x horizontal flip,
+probabilities averaged at the original size: ``postprocess``), the argmax back to the caller's labels
+(``label_map``). No tensor library is imported here: with an engine directory the predictor runs where
+torch is not installed. ``run``, ``demo``, ``eval``, ``run-many`` and ``bench`` all go through
+``predict_frames`` below, so their masks are the masks this class returns.
 
 Backends and variants: ``RunOptions.backend`` is eager | torch | onnxruntime | tensorrt; a variant
 name spells a configuration as ``BACKEND[-PRECISION][-triton]`` (``torch``, ``torch-bf16``,
@@ -28,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from jfdeploy.backends import BACKENDS
+from jfdeploy.backends.runtime import Array
 from jfdeploy.errors import InputError
 from jfdeploy.fsutil import raise_if_interrupted
-from jfdeploy.io import masks_to_labels, resize_labels_nearest, resize_prob, resize_shorter_side, to_model_input
-from jfdeploy.model import JointFormer
-from jfdeploy.precision import PRECISIONS, precision_dtype
+from jfdeploy.precision import PRECISION_NAMES, precision_dtype
+from jfdeploy.resample import geometry
 from jfdeploy.segmenter import Segmenter
 
 ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
@@ -103,7 +105,8 @@ class RunOptions:
         """InputError for a value or combination that cannot run (before anything is loaded)."""
         if self.backend not in BACKENDS:
             raise InputError(f"unknown backend {self.backend!r}; available: {', '.join(BACKENDS)}")
-        precision_dtype(self.precision)
+        if self.precision not in PRECISION_NAMES:
+            raise InputError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_NAMES)}")
         if self.attention not in ATTENTIONS:
             raise InputError(f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         engines = self.backend in ENGINE_BACKENDS
@@ -126,44 +129,49 @@ class RunOptions:
             return {"engines": self.engines, "device": self.device}
         options: dict[str, Any] = {}
         if self.precision != "fp32":
-            options["autocast"] = PRECISIONS[self.precision]
+            options["autocast"] = precision_dtype(self.precision)
         if self.attention != "torch":
             options["attention"] = self.attention
         return options
 
 
-def _as_rgb(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    """uint8 H x W x 3 (numpy, or a torch tensor anywhere) -> a numpy array."""
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        got = f"{image.dtype} {tuple(image.shape)}" if hasattr(image, "shape") else type(image).__name__
-        raise InputError(f"a frame must be an RGB uint8 H x W x 3 array, got {got}")
-    return image
+def _as_numpy(image: Any) -> np.ndarray:
+    """A numpy view of a numpy array or of a tensor of any library that converts (torch, on any device)."""
+    if isinstance(image, np.ndarray):
+        return image
+    if hasattr(image, "detach"):  # a torch tensor, without importing torch
+        image = image.detach().cpu()
+    return np.asarray(image)
 
 
-def _as_label_map(label_map: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    if isinstance(label_map, torch.Tensor):
-        label_map = label_map.detach().cpu().numpy()
-    label_map = np.asarray(label_map)
+def _as_rgb(image: Any) -> np.ndarray:
+    """uint8 H x W x 3 (numpy, or a torch tensor anywhere) -> a contiguous numpy array."""
+    rgb = _as_numpy(image)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InputError(f"a frame must be an RGB uint8 H x W x 3 array, got {rgb.dtype} {tuple(rgb.shape)}")
+    return np.ascontiguousarray(rgb)
+
+
+def _as_label_map(label_map: Any, size: tuple[int, int]) -> np.ndarray:
+    label_map = _as_numpy(label_map)
     if label_map.ndim != 2 or not np.issubdtype(label_map.dtype, np.integer):
         raise InputError(f"a label map must be an integer H x W array, got {label_map.dtype} {label_map.shape}")
     if label_map.shape != tuple(size):
         raise InputError(f"the label map is {label_map.shape[0]}x{label_map.shape[1]}, the frame {size[0]}x{size[1]}")
     if label_map.size and (label_map.min() < 0 or label_map.max() > MAX_LABEL):
         raise InputError(f"labels must lie in 0..{MAX_LABEL} (0 = background)")
-    return label_map.astype(np.uint8, copy=False)
+    return np.ascontiguousarray(label_map.astype(np.uint8, copy=False))
 
 
 @dataclass
 class Prediction:
     """One frame's result: ``labels`` uint8 H x W at the frame's size (0 background, else the caller's
-    labels); ``object_ids`` the labels tracked, in row order of ``probabilities`` ((1 + O) x H x W float32,
-    background first, on the model's device) when asked for."""
+    labels); ``object_ids`` the labels tracked, in row order of ``probabilities`` ((1 + O) x H x W float32
+    numpy, background first) when asked for."""
 
     labels: np.ndarray
     object_ids: list[int]
-    probabilities: torch.Tensor | None = None
+    probabilities: np.ndarray | None = None
 
 
 class VideoPredictor:
@@ -176,7 +184,7 @@ class VideoPredictor:
             ``sizes=(size,)``), e.g. ``VideoPredictor(model, size=480, precision="bf16")``.
     """
 
-    def __init__(self, model: JointFormer | None = None, options: RunOptions | None = None, **overrides: Any) -> None:
+    def __init__(self, model: Any = None, options: RunOptions | None = None, **overrides: Any) -> None:
         if "size" in overrides:
             overrides["sizes"] = (overrides.pop("size"),)
         if "engines" in overrides and overrides["engines"] is not None and "backend" not in overrides:
@@ -184,26 +192,28 @@ class VideoPredictor:
         self.options = dataclasses.replace(options or RunOptions(), **overrides)
         self.options.validate()
         self.model = model
-        self.segmenters = [
-            Segmenter(
-                model,
-                mem_every=self.options.mem_every,
-                max_memory_frames=self.options.max_memory_frames,
-                backend=self.options.backend,
-                **self.options.backend_options(),
+        self.segmenters: list[Segmenter] = []
+        for _ in self.options.augmentations:  # one memory per augmentation, one runtime (weights, engines) for all
+            shared = {"runtime": self.segmenters[0].runtime} if self.segmenters else {}
+            self.segmenters.append(
+                Segmenter(
+                    model,
+                    mem_every=self.options.mem_every,
+                    max_memory_frames=self.options.max_memory_frames,
+                    backend=self.options.backend,
+                    **self.options.backend_options(),
+                    **shared,
+                )
             )
-            for _ in self.options.augmentations
-        ]
+        self.runtime = self.segmenters[0].runtime
         self.object_ids: list[int] = []
-        self._pending: np.ndarray | torch.Tensor | None = None
+        self._pending: Any = None
+        self._tables: dict[tuple, tuple[Array, ...]] = {}  # per frame size: the resampling tables, on the device
+        self._arrays: dict[tuple, Array] = {}  # object labels and zero accumulators, on the device
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.segmenters[0].backend.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.segmenters[0].backend.device
+    def device(self) -> str:
+        return self.runtime.device
 
     def reset(self) -> None:
         """Forget every object and the memory: the next frame starts a new video."""
@@ -212,16 +222,35 @@ class VideoPredictor:
         self.object_ids = []
         self._pending = None
 
-    def add_objects(self, label_map: np.ndarray | torch.Tensor) -> None:
+    def add_objects(self, label_map: Any) -> None:
         """Objects of ``label_map`` (H x W, 0 = background) for the next ``step``: labels not seen before
         start there; known labels present in the map are corrected; known labels absent keep tracking."""
         self._pending = label_map
 
-    @torch.inference_mode()
+    def _frame_tables(self, size: tuple[int, int], side: int | None, flipped: bool) -> tuple[Array, ...]:
+        """(input taps x 4, mask rows, mask cols, output taps x 4) of one augmentation, uploaded once."""
+        key = (size, side, flipped)
+        if key not in self._tables:
+            if len(self._tables) >= 16:  # a source whose frame size keeps changing: keep the newest only
+                self._tables.clear()
+            where = geometry(size, side, flipped)
+            (ri, rw), (ci, cw) = where.input_taps()
+            rows, cols = where.mask_index()
+            (ori, orw), (oci, ocw) = where.output_taps(scale=1.0 / len(self.segmenters))
+            self._tables[key] = tuple(self.runtime.upload(a) for a in (ri, rw, ci, cw, rows, cols, ori, orw, oci, ocw))
+        return self._tables[key]
+
+    def _array(self, key: tuple, make: Any) -> Array:
+        if key not in self._arrays:
+            if len(self._arrays) >= 16:
+                self._arrays.clear()
+            self._arrays[key] = make()
+        return self._arrays[key]
+
     def step(
         self,
-        image: np.ndarray | torch.Tensor,
-        objects: np.ndarray | torch.Tensor | None = None,
+        image: Any,
+        objects: Any = None,
         *,
         last: bool = False,
         probabilities: bool = False,
@@ -229,7 +258,7 @@ class VideoPredictor:
         """Segment one RGB uint8 H x W x 3 frame; ``objects``: a label map given on this frame (as
         ``add_objects``); ``last``: the video's last frame (not memorized)."""
         rgb = _as_rgb(image)
-        size = rgb.shape[:2]
+        size = (rgb.shape[0], rgb.shape[1])
         if objects is None:
             objects, self._pending = self._pending, None
         valid_rows = None
@@ -249,27 +278,25 @@ class VideoPredictor:
                 valid_rows = [self.object_ids.index(v) + 1 for v in present]
         if not self.object_ids:  # nothing to track yet: the frame is all background
             empty = np.zeros(size, np.uint8)
-            return Prediction(empty, [], torch.ones((1, *size)) if probabilities else None)
+            return Prediction(empty, [], np.ones((1, *size), np.float32) if probabilities else None)
 
-        total: torch.Tensor | None = None  # sum of the augmentations' probabilities
+        run, runtime = self.runtime.run, self.runtime
+        ids = tuple(self.object_ids)
+        labels = self._array(("labels", ids), lambda: runtime.upload(np.asarray(ids, np.int64)))
+        accumulated = self._array(("zeros", len(ids), size), lambda: runtime.zeros((1 + len(ids), *size), "float32"))
+        rgb_array = runtime.upload(rgb)
+        label_array = None if label_map is None else runtime.upload(label_map)
         for (side, flipped), segmenter in zip(self.options.augmentations, self.segmenters, strict=True):
-            resized = resize_shorter_side(rgb, side)
-            frame = to_model_input(resized[:, ::-1] if flipped else resized, dtype=self.dtype, device=self.device)
-            mask = None
-            if label_map is not None:
-                small = resize_labels_nearest(label_map, resized.shape[:2])
-                small = small[:, ::-1] if flipped else small
-                rows = np.stack([small == obj for obj in self.object_ids]).astype(np.float32)
-                mask = torch.from_numpy(rows).to(self.device, self.dtype)
-            prob = segmenter.step(frame, mask=mask, labels=valid_rows, last=last).float()
-            prob = prob.flip(-1) if flipped else prob
-            prob = resize_prob(prob, size)
-            total = prob if total is None else total + prob
-        assert total is not None
-        if len(self.segmenters) > 1:
-            total = total / len(self.segmenters)
-        labels = masks_to_labels(total, self.object_ids)
-        return Prediction(labels, list(self.object_ids), total if probabilities else None)
+            tables = self._frame_tables(size, side, flipped)
+            (frame,) = run("preprocess", rgb_array, *tables[:4])
+            masks = None if label_array is None else run("label_masks", label_array, labels, *tables[4:6])[0]
+            prob = segmenter.step(frame, masks, valid_rows, last=last)
+            assert prob is not None  # objects are tracked
+            (accumulated,) = run("postprocess", prob, *tables[6:], accumulated)
+        (label_out,) = run("label_map", accumulated, labels)
+        return Prediction(
+            runtime.download(label_out), list(self.object_ids), runtime.download(accumulated) if probabilities else None
+        )
 
 
 @dataclass

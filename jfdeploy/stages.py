@@ -17,6 +17,9 @@ Data flow of a frame (see README "Data flow"):
     decoder:            f16, f8, f4, enhanced_f16 -> logits Ox1xHxW, decoder_tokens OxCxhxw
     memory_token_update: decoder_tokens, memory_token -> memory_token
     reference_encoder:  frame, object_prob OxHxW, memory_token -> keys/values LxOxheadsxnxd, memory_token
+
+The frame loop's tensor ops around them (preprocessing, aggregation, the memory write, postprocessing)
+are stages too: ``jfdeploy.loop_stages``.
 """
 
 from __future__ import annotations
@@ -27,24 +30,31 @@ from torch import nn
 from jfdeploy.model import JointFormer
 from jfdeploy.model.attention import JointAttention, topk_joint_attention
 from jfdeploy.model.jointformer import to_map, to_tokens
+from jfdeploy.specs import MODEL_STAGES, STAGE_IO
 
 
 class Stage(nn.Module):
-    """A stage: a view of a JointFormer's weights with fixed input/output names."""
+    """A stage: a view of a JointFormer's weights with fixed input/output names (``specs.STAGE_IO``)."""
 
-    input_names: tuple[str, ...] = ()
-    output_names: tuple[str, ...] = ()
+    name = ""
 
     def __init__(self, model: JointFormer) -> None:
         super().__init__()
         self.model = model
 
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return STAGE_IO[self.name][0]
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return STAGE_IO[self.name][1]
+
 
 class FrameEncoder(Stage):
     """Current frame -> tokens (after the patch embeds and position), f8, f4. Once per frame."""
 
-    input_names = ("frame",)
-    output_names = ("tokens", "f8", "f4")
+    name = "frame_encoder"
 
     def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         tokens, f8, f4 = self.model.encode_current(frame)
@@ -59,8 +69,7 @@ class ReferenceEncoder(Stage):
     (they are this pass's own attention keys/values) and cached by the runtime.
     """
 
-    input_names = ("frame", "object_prob", "memory_token")
-    output_names = ("reference_keys", "reference_values", "memory_token_out")
+    name = "reference_encoder"
 
     def forward(
         self, frame: torch.Tensor, object_prob: torch.Tensor, memory_token: torch.Tensor
@@ -79,8 +88,7 @@ class MemoryReader(Stage):
     by default; the runtime may give a fused kernel of the same signature (``joint_attention_impl``).
     """
 
-    input_names = ("tokens", "reference_keys", "reference_values", "reference_valid")
-    output_names = ("f16",)
+    name = "memory_reader"
 
     def __init__(self, model: JointFormer, attention: JointAttention = topk_joint_attention) -> None:
         super().__init__(model)
@@ -103,8 +111,7 @@ class MemoryReader(Stage):
 
 
 class Enhancer(Stage):
-    input_names = ("f16", "memory_token")
-    output_names = ("enhanced_f16",)
+    name = "enhancer"
 
     def forward(self, f16: torch.Tensor, memory_token: torch.Tensor) -> torch.Tensor:
         return self.model.enhance(f16, memory_token)
@@ -113,8 +120,7 @@ class Enhancer(Stage):
 class MaskDecoder(Stage):
     """Per-object logits and decoder tokens; the frame's f8/f4 are shared by all objects."""
 
-    input_names = ("f16", "f8", "f4", "enhanced_f16")
-    output_names = ("logits", "decoder_tokens")
+    name = "decoder"
 
     def forward(
         self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, enhanced_f16: torch.Tensor
@@ -126,23 +132,19 @@ class MaskDecoder(Stage):
 
 
 class MemoryTokenUpdate(Stage):
-    input_names = ("decoder_tokens", "memory_token")
-    output_names = ("memory_token_out",)
+    name = "memory_token_update"
 
     def forward(self, decoder_tokens: torch.Tensor, memory_token: torch.Tensor) -> torch.Tensor:
         return self.model.update_memory_token(decoder_tokens, memory_token)
 
 
 STAGE_TYPES: dict[str, type[Stage]] = {
-    "frame_encoder": FrameEncoder,
-    "reference_encoder": ReferenceEncoder,
-    "memory_reader": MemoryReader,
-    "enhancer": Enhancer,
-    "decoder": MaskDecoder,
-    "memory_token_update": MemoryTokenUpdate,
+    stage.name: stage
+    for stage in (FrameEncoder, ReferenceEncoder, MemoryReader, Enhancer, MaskDecoder, MemoryTokenUpdate)
 }
+assert tuple(STAGE_TYPES) == MODEL_STAGES
 
 
 def build_stages(model: JointFormer) -> nn.ModuleDict:
-    """All stages of ``model`` (sharing its weights), by name."""
+    """The model's stages of ``model`` (sharing its weights), by name (the frame loop's: ``loop_stages``)."""
     return nn.ModuleDict({name: stage(model) for name, stage in STAGE_TYPES.items()})

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
-from jfdeploy.precision import PRECISIONS
+from jfdeploy.precision import torch_precisions
 
 if TYPE_CHECKING:  # not imported at run time: the report itself needs only torch (and Triton to compile)
     from jfdeploy.kernels.topk_attention import LaunchPlan
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # not imported at run time: the report itself needs only torc
 
 ARCHS: dict[str, int] = {"sm_80": 80, "sm_86": 86, "sm_89": 89, "sm_90": 90}
 SHARED_LIMIT_BYTES = 99 * 1024  # per-block shared memory of sm_86 / sm_89, the smallest of ARCHS
-DTYPES: dict[str, torch.dtype] = PRECISIONS  # the precision names of every verb
+DTYPES: dict[str, torch.dtype] = torch_precisions()  # the precision names of every verb
 TOPK_RANGES: tuple[TopkRange, ...] = ("all_frames", "every_frame")
 
 

@@ -139,3 +139,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def pad_evenly(x: torch.Tensor, multiple: int = 16) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Zero-pad the last two dims to multiples of ``multiple``, split evenly (the published convention)."""
+    h, w = x.shape[-2:]
+    extra_h, extra_w = -h % multiple, -w % multiple
+    pad = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
+    return torch.nn.functional.pad(x, pad), pad
+
+
+def step_at_model_size(seg, frame, mask=None, labels=None, last=False) -> torch.Tensor:
+    """``Segmenter.step`` on a normalized 3 x H x W frame and O x H x W masks at the model's size (any
+    H, W): padded as the published code pads, put on the segmenter's runtime, the probabilities brought
+    back and cropped, (1 + O) x H x W (all background before the first mask)."""
+    runtime = seg.backend.runtime
+    padded, pad = pad_evenly(torch.as_tensor(frame).detach().cpu()[None])
+    masks = None
+    if mask is not None:
+        masks = runtime.upload(pad_evenly(torch.as_tensor(mask).detach().cpu().to(padded.dtype))[0].numpy())
+    prob = seg.step(runtime.upload(padded.numpy()), masks, labels, last)
+    h, w = frame.shape[-2:]
+    if prob is None:
+        return torch.ones((1, h, w), dtype=padded.dtype)
+    left, _, top, _ = pad
+    return torch.from_numpy(runtime.download(prob))[:, top : top + h, left : left + w]

@@ -20,12 +20,11 @@ from jfdeploy.cli import main
 from jfdeploy.errors import InputError
 from jfdeploy.export import compare
 from jfdeploy.manifest import load_manifest
-from jfdeploy.stages import STAGE_TYPES
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 CPU = torch.device("cpu")
 SMALL_CLIP = "64x96"  # 4 x 6 tokens per frame: enough for the test engines' top-k over 3 slots
-ALL_OUTPUTS = {(stage, output) for stage in STAGE_TYPES for output in specs.output_names(stage)}
+ALL_OUTPUTS = {(stage, output) for stage in specs.STAGES for output in specs.output_names(stage)}
 
 
 def run_check(capsys, *args: str) -> tuple[int, str, str]:
@@ -74,7 +73,10 @@ def test_drift_probabilities_get_a_looser_default_atol_unless_one_is_given():
         (["-1"], "got '-1'"),
         (["nan"], "got 'nan'"),
         (["f16="], r"--atol f16 wants a number"),
-        (["nosuch=1"], r"unknown output 'nosuch'; outputs: decoder_tokens, enhanced_f16, f16, f4, f8, logits"),
+        (
+            ["nosuch=1"],
+            r"unknown output 'nosuch'; outputs: accumulated_out, decoder_tokens, enhanced_f16, f16, f4, f8, frame",
+        ),
         (["decoder.f16=1"], "unknown output 'decoder.f16'"),  # f16 is not an output of the decoder
     ],
 )

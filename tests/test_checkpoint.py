@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import jfdeploy
-from conftest import DATA, GOLDEN_TOPK
+from conftest import DATA, GOLDEN_TOPK, step_at_model_size
 from jfdeploy.model.checkpoint import REFERENCE_EMBED_KEY, block_depths
 
 
@@ -102,8 +102,8 @@ def test_single_object_checkpoint_is_widened(tiny_model, golden):
     assert torch.equal(weight, second.state_dict()[REFERENCE_EMBED_KEY])  # reproducible
     assert 0.01 < weight[:, 4].std().item() < 0.03  # the published N(0, 0.02) channel
     seg = jfdeploy.Segmenter(first, mem_every=3, max_memory_frames=2)
-    seg.step(torch.from_numpy(golden["frames"][0]), mask=torch.from_numpy(golden["mask_t0"]))
-    assert seg.step(torch.from_numpy(golden["frames"][1])).shape == (3, 72, 104)
+    step_at_model_size(seg, torch.from_numpy(golden["frames"][0]), mask=torch.from_numpy(golden["mask_t0"]))
+    assert step_at_model_size(seg, torch.from_numpy(golden["frames"][1])).shape == (3, 72, 104)
 
 
 def test_block_depths_come_from_the_checkpoint(golden_state_dict):

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from test_datasets import _make_davis2017, _make_youtube
 
 import jfdeploy
@@ -15,7 +14,7 @@ from conftest import TINY_TOPK
 from jfdeploy.cli import main
 from jfdeploy.datasets import davis
 from jfdeploy.evaluate import segment_sequence
-from jfdeploy.io import make_clip, masks_to_labels, read_label_png
+from jfdeploy.io import make_clip, read_label_png
 from jfdeploy.predictor import VideoPredictor
 
 
@@ -89,12 +88,12 @@ def test_test_time_augmentation_averages_every_augmentation(tiny_model, sizes, f
             rgb = np.ascontiguousarray(frames[t][:, ::-1]) if flipped else frames[t]
             given = None if objects is None else np.ascontiguousarray(objects[:, ::-1] if flipped else objects)
             prob = single.step(rgb, given, probabilities=True).probabilities
-            expected.append(prob.flip(-1) if flipped else prob)
+            expected.append(prob[:, :, ::-1] if flipped else prob)
         mean = sum(expected) / len(expected)
-        torch.testing.assert_close(result.probabilities, mean)
-        np.testing.assert_array_equal(result.labels, masks_to_labels(mean, [1, 2]))
+        np.testing.assert_allclose(result.probabilities, mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(result.labels, np.array([0, 1, 2], np.uint8)[result.probabilities.argmax(0)])
         if t > 0:  # the augmentations disagree somewhere: the average is not any single one
-            assert any(not torch.equal(prob, mean) for prob in expected)
+            assert any(not np.array_equal(prob, mean) for prob in expected)
 
 
 def test_eval_sequence_loop_matches_the_predictor(tiny_model, tmp_path):

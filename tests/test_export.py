@@ -17,20 +17,20 @@ import onnx
 from onnx import TensorProto, helper
 
 import jfdeploy
-from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY, TINY_TOPK
+from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY, TINY_TOPK, step_at_model_size
+from jfdeploy import specs
 from jfdeploy.cli import main
 from jfdeploy.export.onnx_export import export_engines
 from jfdeploy.export.tensorrt import BuildSettings
 from jfdeploy.export.trt_ops import check_graph
 from jfdeploy.manifest import EngineError, check_tensorrt_plans, load_manifest
-from jfdeploy.stages import STAGE_TYPES
 
 HAS_TENSORRT = shutil.which("trtexec") is not None or __import__("importlib").util.find_spec("tensorrt") is not None
 
 
 def test_manifest_describes_the_directory(tiny_engines32):
     manifest = load_manifest(tiny_engines32)
-    assert set(manifest["stages"]) == set(STAGE_TYPES)
+    assert set(manifest["stages"]) == set(specs.STAGES)
     assert manifest["precision"] == "fp32" and manifest["opset"] == 17
     assert manifest["model"]["topk"] == TINY_TOPK and manifest["model"]["embed_dims"] == [32, 48, 96]
     assert manifest["memory"] == {"max_memory_frames": GOLDEN_MAX_MEMORY_FRAMES, "slots": 3}
@@ -45,7 +45,7 @@ def test_manifest_describes_the_directory(tiny_engines32):
 @pytest.mark.parametrize("fixture", ["tiny_engines32", "tiny_engines16"])
 def test_every_graph_is_valid_and_parseable_by_tensorrt(fixture, request):
     directory = request.getfixturevalue(fixture)
-    for stage in STAGE_TYPES:
+    for stage in specs.STAGES:
         path = directory / f"{stage}.onnx"
         onnx.checker.check_model(str(path))
         model = onnx.load(str(path))
@@ -57,8 +57,8 @@ def test_every_graph_is_valid_and_parseable_by_tensorrt(fixture, request):
 def test_onnxruntime_golden_parity(engines32, golden):
     seg = jfdeploy.Segmenter(None, mem_every=GOLDEN_MEM_EVERY, max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES,
                              backend="onnxruntime", engines=engines32)  # fmt: skip
-    seg.step(torch.from_numpy(golden["frames"][0]), mask=torch.from_numpy(golden["mask_t0"]))
-    prob = seg.step(torch.from_numpy(golden["frames"][1]))
+    step_at_model_size(seg, torch.from_numpy(golden["frames"][0]), mask=torch.from_numpy(golden["mask_t0"]))
+    prob = step_at_model_size(seg, torch.from_numpy(golden["frames"][1]))
     assert np.abs(prob.numpy() - golden["prob_t1"]).max() <= 1e-4
 
 
@@ -71,7 +71,9 @@ def test_onnxruntime_matches_torch_with_three_objects(tiny_model, tiny_engines32
     for backend, options in (("torch", {}), ("onnxruntime", {"engines": tiny_engines32})):
         seg = jfdeploy.Segmenter(tiny_model if backend == "torch" else None, mem_every=2, max_memory_frames=2,
                                  backend=backend, **options)  # fmt: skip
-        results.append([seg.step(f, mask=masks if t == 0 else None).numpy() for t, f in enumerate(frames)])
+        results.append(
+            [step_at_model_size(seg, f, mask=masks if t == 0 else None).numpy() for t, f in enumerate(frames)]
+        )
     assert max(np.abs(a - b).max() for a, b in zip(*results, strict=True)) < 1e-3
 
 
@@ -105,7 +107,7 @@ def test_graphs_are_slimmed_and_the_manifest_counts_their_nodes(fixture, request
 
 def test_slimmed_fp16_graphs_keep_every_fp32_island(tiny_engines16):
     """Slimming runs after the fp16 conversion: no stage may lose an fp32 LayerNorm / Softmax / TopK input."""
-    for stage in STAGE_TYPES:
+    for stage in specs.STAGES:
         model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_engines16 / f"{stage}.onnx")))
         types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
         for node in model.graph.node:
@@ -156,7 +158,7 @@ def test_tensorrt_plans_are_tied_to_version_and_gpu():
 def test_frames_too_small_for_the_constant_k_are_refused(tiny_engines32):
     seg = jfdeploy.Segmenter(None, mem_every=3, max_memory_frames=2, backend="onnxruntime", engines=tiny_engines32)
     with pytest.raises(jfdeploy.InputError, match="need >= 2 per frame"):  # k 5 over 3 slots, 1 token here
-        seg.step(torch.zeros(3, 16, 16), mask=torch.ones(1, 16, 16))
+        step_at_model_size(seg, torch.zeros(3, 16, 16), mask=torch.ones(1, 16, 16))
 
 
 def test_graph_checker_reports_what_tensorrt_cannot_parse():

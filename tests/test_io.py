@@ -7,24 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from jfdeploy.errors import InputError
 from jfdeploy.io import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     OverlayWriter,
     davis_palette,
-    labels_to_masks,
     make_clip,
-    masks_to_labels,
     open_frames,
     read_label_png,
-    resize_labels_nearest,
-    resize_prob,
-    resize_shorter_side,
-    to_model_input,
     write_clip_folder,
     write_clip_video,
     write_label_png,
@@ -115,48 +106,6 @@ def test_unreadable_and_missing_masks_are_input_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match=r"bad\.png"):
         read_label_png(tmp_path / "bad.png")
-
-
-def test_labels_to_masks_and_back() -> None:
-    labels = _labels()
-    ids = [1, 2, 7]
-    masks = labels_to_masks(labels, ids)
-    assert masks.shape == (3, *labels.shape) and masks.dtype == np.float32
-    assert np.array_equal(masks[2], (labels == 7).astype(np.float32))
-    prob = np.concatenate([1.0 - masks.sum(0, keepdims=True), masks]) * 0.9 + 0.01
-    assert np.array_equal(masks_to_labels(prob, ids), labels)
-    assert np.array_equal(masks_to_labels(torch.from_numpy(prob).half(), ids), labels)
-    assert labels_to_masks(labels, []).shape == (0, *labels.shape)
-    with pytest.raises(ValueError):
-        masks_to_labels(prob, [1, 2])
-
-
-# --- frames ----------------------------------------------------------------------------------------
-
-
-def test_to_model_input_normalizes() -> None:
-    rgb = np.zeros((4, 6, 3), np.uint8)
-    rgb[..., 1] = 255
-    x = to_model_input(rgb, dtype=torch.float16)
-    assert x.shape == (3, 4, 6) and x.dtype == torch.float16
-    expected = [(0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], (1 - IMAGENET_MEAN[1]) / IMAGENET_STD[1]]
-    assert x[0, 0, 0].item() == pytest.approx(expected[0], abs=1e-2)
-    assert x[1, 3, 5].item() == pytest.approx(expected[1], abs=1e-2)
-
-
-def test_resizes() -> None:
-    rgb = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
-    assert resize_shorter_side(rgb, None) is rgb and resize_shorter_side(rgb, 0) is rgb
-    small = resize_shorter_side(rgb, 60)
-    assert small.shape == (60, 100, 3) and small.dtype == np.uint8
-    assert resize_shorter_side(rgb[:, :90], 50).shape == (66, 50, 3)  # longer side truncated
-    labels = _labels()
-    big = resize_labels_nearest(labels, (48, 64))
-    assert big.shape == (48, 64) and set(np.unique(big)) <= set(np.unique(labels))
-    prob = torch.rand(3, 12, 16)
-    out = resize_prob(prob, (24, 32))
-    expected = torch.nn.functional.interpolate(prob[None], (24, 32), mode="bilinear", align_corners=False)
-    assert out.shape == (3, 24, 32) and torch.equal(out, expected[0])
 
 
 # --- frame sources ---------------------------------------------------------------------------------

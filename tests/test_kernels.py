@@ -23,7 +23,7 @@ import torch
 pytest.importorskip("triton", reason="Triton is not installed (pip install 'jfdeploy[triton]')")
 
 import jfdeploy
-from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY
+from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY, step_at_model_size
 from jfdeploy.kernels.topk_attention import (
     KernelConfig,
     kernel_config,
@@ -140,8 +140,10 @@ def test_golden_clip_with_triton_attention(model32, golden):
         backend="torch",
         attention="triton",
     )
-    seg.step(torch.from_numpy(golden["frames"][0]).to(DEVICE), mask=torch.from_numpy(golden["mask_t0"]).to(DEVICE))
-    prob = seg.step(torch.from_numpy(golden["frames"][1]).to(DEVICE))
+    step_at_model_size(
+        seg, torch.from_numpy(golden["frames"][0]).to(DEVICE), mask=torch.from_numpy(golden["mask_t0"]).to(DEVICE)
+    )
+    prob = step_at_model_size(seg, torch.from_numpy(golden["frames"][1]).to(DEVICE))
     assert np.abs(prob.cpu().numpy() - golden["prob_t1"]).max() <= 1e-4
 
 
@@ -154,7 +156,9 @@ def test_staged_loop_with_triton_attention_matches_torch(tiny_model):
     probs = {}
     for attention in ("torch", "triton"):
         seg = jfdeploy.Segmenter(model, mem_every=1, max_memory_frames=2, backend="torch", attention=attention)
-        probs[attention] = [seg.step(clip[t], mask=mask if t == 0 else None, last=t == 2) for t in range(3)]
+        probs[attention] = [
+            step_at_model_size(seg, clip[t], mask=mask if t == 0 else None, last=t == 2) for t in range(3)
+        ]
     for t, (expected, got) in enumerate(zip(probs["torch"], probs["triton"], strict=True)):
         assert got.shape == expected.shape == (3, 40, 56)
         assert (got - expected).abs().max().item() <= 1e-5, t

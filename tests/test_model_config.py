@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import jfdeploy
-from conftest import TINY_TOPK
+from conftest import TINY_TOPK, step_at_model_size
 from jfdeploy import ModelConfig
 from jfdeploy.model.checkpoint import architecture_of, random_model
 
@@ -26,7 +26,9 @@ def first_frames(model: jfdeploy.JointFormer, frames: int = 3) -> list[torch.Ten
     mask = torch.zeros(2, H, W)
     mask[0, 4:20, 4:30], mask[1, 22:38, 30:52] = 1, 1
     seg = jfdeploy.Segmenter(model, mem_every=1, max_memory_frames=2, backend="torch")
-    return [seg.step(clip[t], mask=mask if t == 0 else None, last=t == frames - 1) for t in range(frames)]
+    return [
+        step_at_model_size(seg, clip[t], mask=mask if t == 0 else None, last=t == frames - 1) for t in range(frames)
+    ]
 
 
 def test_default_is_the_published_architecture():

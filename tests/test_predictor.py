@@ -11,10 +11,15 @@ import pytest
 import torch
 
 import jfdeploy
-from conftest import TINY_TOPK
+from conftest import TINY_TOPK, step_at_model_size
+from jfdeploy import specs
+from jfdeploy.backends.staged import StagedBackend
+from jfdeploy.backends.torch_runtime import loop_runtime
 from jfdeploy.errors import InputError
 from jfdeploy.io import make_clip, open_frames, read_label_png, write_clip_folder, write_label_png
 from jfdeploy.predictor import RunOptions, VideoPredictor
+from jfdeploy.resample import Geometry
+from jfdeploy.stages import build_stages
 
 JFDEPLOY = shutil.which("jfdeploy")
 FRAMES, ADDED_AT = 6, 3
@@ -104,7 +109,8 @@ def test_torch_frames_equal_numpy_frames_and_probabilities_are_at_the_frame_size
         assert from_numpy.labels.shape == (50, 70) and set(np.unique(from_numpy.labels)) <= {0, 1, 9}
         assert from_numpy.object_ids == [1, 9]
         assert from_numpy.probabilities.shape == (3, 50, 70)
-        torch.testing.assert_close(from_numpy.probabilities.sum(0), torch.ones(50, 70))
+        assert isinstance(from_numpy.probabilities, np.ndarray) and from_numpy.probabilities.dtype == np.float32
+        np.testing.assert_allclose(from_numpy.probabilities.sum(0), np.ones((50, 70)), rtol=0, atol=1e-5)
 
 
 def test_a_known_object_is_corrected_by_a_later_mask(tiny_model):
@@ -171,27 +177,33 @@ def test_bad_variant_names_are_refused(variant):
 def test_cpu_autocast_with_weights_cast_once_is_as_close_as_plain_autocast(tiny_model):
     """On a CPU the torch backend casts its linear / conv weights once instead of at every call: its error
     against fp32 stays that of plain autocast (bf16 rounding may fall differently), the caller's model intact."""
-    from jfdeploy.backends.staged import StagedBackend
-    from jfdeploy.stages import build_stages
-
     frames, labels = make_clip(num_frames=4, height=64, width=96, num_objects=2, seed=4)
     settings = {"mem_every": 2, "max_memory_frames": 2}
     cast_once = jfdeploy.Segmenter(tiny_model, backend="torch", autocast=torch.bfloat16, **settings)
     plain = jfdeploy.Segmenter(tiny_model, backend="torch", **settings)
-    plain.backend = StagedBackend(
-        dict(build_stages(tiny_model).items()),
+    plain.backend = StagedBackend(  # autocast casting the weights at every call
+        loop_runtime(
+            tiny_model,
+            dict(build_stages(tiny_model).items()),
+            memory_dtype=torch.bfloat16,
+            precision=lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+        ),
         tiny_model.convmae.cls_token.detach(),
+        specs.Widths.of(tiny_model.config),
         max_memory_frames=2,
-        precision=lambda: torch.autocast("cpu", dtype=torch.bfloat16),
         skip_full_validity=True,
     )
     exact = jfdeploy.Segmenter(tiny_model, backend="torch", **settings)
     mask = torch.from_numpy(np.stack([labels[0] == 1, labels[0] == 2]).astype(np.float32))
+    where = Geometry(frames[0].shape[:2])
     for t in range(4):
-        frame = jfdeploy.io.to_model_input(frames[t])
+        (frame,) = exact.runtime.run(
+            "preprocess", torch.from_numpy(frames[t]), *map(torch.from_numpy, sum(where.input_taps(), ()))
+        )
         given = mask if t == 0 else None
-        a, b = cast_once.step(frame, mask=given), plain.step(frame, mask=given)
-        reference = exact.step(frame, mask=given)
+        a = step_at_model_size(cast_once, frame[0], mask=given)
+        b = step_at_model_size(plain, frame[0], mask=given)
+        reference = step_at_model_size(exact, frame[0], mask=given)
         assert a.dtype == torch.float32
         error, plain_error = (a - reference).abs().max().item(), (b - reference).abs().max().item()
         assert error <= 2 * plain_error + 1e-3, f"frame {t}: {error} vs plain autocast {plain_error}"

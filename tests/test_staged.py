@@ -13,7 +13,10 @@ import pytest
 import torch
 
 import jfdeploy
-from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY, TINY_TOPK
+from conftest import GOLDEN_MAX_MEMORY_FRAMES, GOLDEN_MEM_EVERY, TINY_TOPK, step_at_model_size
+from jfdeploy import specs
+from jfdeploy.backends.torch_runtime import TorchRuntime
+from jfdeploy.loop_stages import build_loop_stages
 from jfdeploy.memory import ReferenceMemory
 
 H, W = 40, 56  # 3 x 4 tokens per frame after padding to 48 x 64
@@ -34,7 +37,7 @@ def boxes_mask(num_objects: int, seed: int) -> torch.Tensor:
 def run(model, backend, frames, masks, labels, mem_every, max_memory_frames):
     seg = jfdeploy.Segmenter(model, mem_every=mem_every, max_memory_frames=max_memory_frames, backend=backend)
     probs = [
-        seg.step(frame, mask=masks.get(t), labels=labels.get(t), last=t == len(frames) - 1).numpy()
+        step_at_model_size(seg, frame, mask=masks.get(t), labels=labels.get(t), last=t == len(frames) - 1).numpy()
         for t, frame in enumerate(frames)
     ]
     return probs, seg
@@ -114,7 +117,7 @@ def test_golden_clip_float64(model64, golden):
     )
     for t in range(10):
         mask = torch.from_numpy(golden["mask_t0"]).double() if t == 0 else None
-        prob = seg.step(torch.from_numpy(golden["frames"][t]).double(), mask=mask, last=t == 9)
+        prob = step_at_model_size(seg, torch.from_numpy(golden["frames"][t]).double(), mask=mask, last=t == 9)
         np.testing.assert_allclose(prob.numpy(), golden[f"prob_t{t}"], rtol=0, atol=1e-9)
 
 
@@ -122,8 +125,8 @@ def test_golden_frame1_float32(model32, golden):
     seg = jfdeploy.Segmenter(
         model32, mem_every=GOLDEN_MEM_EVERY, max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES, backend="torch"
     )
-    seg.step(torch.from_numpy(golden["frames"][0]), mask=torch.from_numpy(golden["mask_t0"]))
-    prob = seg.step(torch.from_numpy(golden["frames"][1]))
+    step_at_model_size(seg, torch.from_numpy(golden["frames"][0]), mask=torch.from_numpy(golden["mask_t0"]))
+    prob = step_at_model_size(seg, torch.from_numpy(golden["frames"][1]))
     assert np.abs(prob.numpy() - golden["prob_t1"]).max() <= 1e-4
 
 
@@ -136,38 +139,71 @@ def test_bfloat16_autocast_runs_close(model32, golden):
         backend="torch",
         autocast=torch.bfloat16,
     )
-    seg.step(torch.from_numpy(golden["frames"][0]), mask=torch.from_numpy(golden["mask_t0"]))
-    prob = seg.step(torch.from_numpy(golden["frames"][1]))
+    step_at_model_size(seg, torch.from_numpy(golden["frames"][0]), mask=torch.from_numpy(golden["mask_t0"]))
+    prob = step_at_model_size(seg, torch.from_numpy(golden["frames"][1]))
     assert prob.dtype == torch.float32
     assert seg.backend.memory.keys.dtype == torch.bfloat16
     assert np.abs(prob.numpy() - golden["prob_t1"]).max() < 0.1
 
 
 class TestReferenceMemory:
+    """The memory's bookkeeping and the memory_grow / memory_write stages, run by PyTorch."""
+
+    widths = specs.Widths(c4=4, c8=4, c16=4, layers=2, heads=1)  # L=2, heads=1, d=4
+
+    def memory(self, max_memory_frames):
+        runtime = TorchRuntime(build_loop_stages(), torch.device("cpu"))
+        return ReferenceMemory(runtime, self.widths, max_memory_frames=max_memory_frames), runtime
+
     def keys(self, objects, value):
-        return torch.full((2, objects, 1, 3, 4), float(value))  # L=2, heads=1, n=3, d=4
+        return torch.full((2, objects, 1, 3, 4), float(value))  # n=3 tokens
+
+    def grow(self, memory, runtime, objects, token=None):
+        token = runtime.zeros((0, 1, 4), "float32") if token is None else token
+        return memory.grow(token, torch.ones(1, 1, 4), objects, tokens_per_frame=3)
 
     def test_slots_evictions_and_validity(self):
-        memory = ReferenceMemory(max_memory_frames=3)  # slots: first, 2 FIFO, temporary
+        memory, runtime = self.memory(3)  # slots: first, 2 FIFO, temporary
+        token = self.grow(memory, runtime, 2)
+        assert token.shape == (2, 1, 4) and torch.all(token == 1)  # new objects start from the initial token
         memory.write(self.keys(2, 0), self.keys(2, 0), permanent=True, time=0)
-        assert memory.keys.shape == (2, 2, 1, 4 * 3, 4)
-        assert memory.valid[:, :3].all() and not memory.valid[:, 3:].any()
+        assert memory.keys.shape == (2, 2, 1, 4, 3, 4)
+        assert memory.valid[:, 0].all() and not memory.valid[:, 1:].any()
         buffer = memory.keys
         for t in range(1, 8):
             memory.write(self.keys(2, t), self.keys(2, t), permanent=t % 2 == 0, time=t)
         assert memory.keys is buffer  # written in place, never reallocated
         assert memory.reference_times() == [[0, 4, 6, 7], [0, 4, 6, 7]]
         # slot contents follow the ring: 6 overwrote 2 in slot 1, 4 sits in slot 2, 7 is temporary
-        assert [memory.keys[0, 0, 0, s * 3, 0].item() for s in range(4)] == [0, 6, 4, 7]
+        assert [memory.keys[0, 0, 0, s, 0, 0].item() for s in range(4)] == [0, 6, 4, 7]
+        keys, _, valid = memory.reader_inputs()
+        assert keys.shape == (2, 2, 1, 4 * 3, 4) and keys.data_ptr() == buffer.data_ptr()  # a view, no copy
+        assert valid.all() and memory.reader_inputs(skip_full_validity=True)[2] is None
 
     def test_new_objects_start_with_their_first_frame(self):
-        memory = ReferenceMemory(max_memory_frames=2)
+        memory, runtime = self.memory(2)
+        token = self.grow(memory, runtime, 1)
         memory.write(self.keys(1, 0), self.keys(1, 0), permanent=True, time=0)
         memory.write(self.keys(1, 1), self.keys(1, 1), permanent=False, time=1)
+        token = self.grow(memory, runtime, 2, token * 5)
+        assert token[:, 0, 0].tolist() == [5, 1]  # the old object keeps its token
         memory.write(self.keys(2, 2), self.keys(2, 2), permanent=True, time=2)
         assert memory.reference_times() == [[0, 2, 1], [2]]
-        assert memory.valid[1].tolist() == [True] * 3 + [False] * 6
+        assert memory.valid[1].flatten().tolist() == [True] * 3 + [False] * 6
+        assert memory.keys[0, 0, 0, :, 0, 0].tolist() == [0, 2, 1]  # growing kept the first object's slots
+
+    def test_future_slot_lists_are_on_the_device_before_they_are_written(self):
+        memory, runtime = self.memory(3)
+        token = self.grow(memory, runtime, 1)
+        memory.write(self.keys(1, 0), self.keys(1, 0), permanent=True, time=0)
+        self.grow(memory, runtime, 2, token)  # the second object's ring is out of phase with the first's
+        uploaded = set(memory._slot_arrays)
+        for t in range(1, 12):
+            memory.write(self.keys(2, t), self.keys(2, t), permanent=t % 3 != 0, time=t)
+        assert set(memory._slot_arrays) == uploaded  # nothing uploaded between the two growths
 
     def test_temporary_frame_cannot_start_an_object(self):
+        memory, runtime = self.memory(2)
+        self.grow(memory, runtime, 1)
         with pytest.raises(ValueError, match="first reference"):
-            ReferenceMemory(max_memory_frames=2).write(self.keys(1, 0), self.keys(1, 0), permanent=False, time=0)
+            memory.write(self.keys(1, 0), self.keys(1, 0), permanent=False, time=0)

@@ -36,7 +36,6 @@ from jfdeploy.plans import (
     profile_shapes,
     select_profile,
 )
-from jfdeploy.stages import STAGE_TYPES
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 NO_TENSORRT = "TensorRT is not installed"
@@ -86,7 +85,7 @@ def test_profile_shapes_of_the_480p_bucket():
 
 @pytest.mark.parametrize("name", sorted(NAMED_BUCKETS))
 def test_every_stage_input_has_an_ordered_range(name):
-    for stage in STAGE_TYPES:
+    for stage in specs.STAGES:
         shapes = profile_shapes(stage, NAMED_BUCKETS[name], max_objects=5, slots=4, limits=LIMITS, widths=PUBLISHED)
         assert list(shapes) == list(specs.input_names(stage))
         for low, opt, high in shapes.values():
@@ -178,7 +177,7 @@ def test_manifest_profiles_match_the_build_settings():
         "limits": LIMITS,
         "tensorrt": {"profiles": [json.loads(json.dumps(vars(b))) for b in settings.buckets], "max_objects": 3},
     }
-    for stage in STAGE_TYPES:
+    for stage in specs.STAGES:
         assert manifest_profiles(manifest, stage) == settings.stage_profiles(
             stage, slots=3, limits=LIMITS, widths=PUBLISHED
         )
@@ -385,7 +384,7 @@ def test_build_and_run_plans(engines32, tmp_path, golden, capsys):
     assert run_cli("build", str(directory), "--profile", SMALL, "--profile", SQUARE, "--max-objects", "2",
                    "--timing-cache", str(cache), "--workspace", "2", "--optimization-level", "1") == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert all(f"TensorRT plan {stage}" in out for stage in STAGE_TYPES)
+    assert all(f"TensorRT plan {stage}" in out for stage in specs.STAGES)
     manifest = load_manifest(directory)
     built = manifest["tensorrt"]
     import tensorrt
@@ -393,7 +392,7 @@ def test_build_and_run_plans(engines32, tmp_path, golden, capsys):
     assert built["version"] == tensorrt.__version__ and built["gpu"] == torch.cuda.get_device_name()
     assert [Bucket.from_dict(b) for b in built["profiles"]] == [parse_bucket(SMALL), parse_bucket(SQUARE)]
     assert built["max_objects"] == 2 and built["workspace_gib"] == 2 and built["strongly_typed"] is True
-    assert sorted(built["plans"]) == sorted(STAGE_TYPES) and cache.stat().st_size > 0
+    assert sorted(built["plans"]) == sorted(specs.STAGES) and cache.stat().st_size > 0
     assert not [p for p in directory.iterdir() if p.name.startswith(".")]  # no temporary files left
 
     seg = jfdeploy.Segmenter(None, mem_every=GOLDEN_MEM_EVERY, max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES,

@@ -1,8 +1,9 @@
-"""Who executes the stages of a frame. Backends share one small interface (``base.Backend``).
+"""Who executes the stages of a frame. Backends share one small interface (``base.Backend``) and run
+the frame loop's own stages on a stage runtime (``runtime.StageRuntime``).
 
 - ``eager``: the published inference loop in PyTorch, object by object (the reference);
 - ``torch``: the exportable stages with a fixed-capacity key/value cache, objects batched;
-- ``onnxruntime`` / ``tensorrt``: the same stages from an engine directory (``engines=DIR``).
+- ``onnxruntime`` / ``tensorrt``: the same stages from an engine directory (``engines=DIR``), without torch.
 """
 
 from __future__ import annotations
@@ -11,27 +12,25 @@ from typing import Any
 
 from jfdeploy.backends.base import Backend
 from jfdeploy.errors import InputError
-from jfdeploy.model import JointFormer
 
 BACKENDS = ("eager", "torch", "onnxruntime", "tensorrt")
 
 
-def make_backend(name: str, model: JointFormer | None, *, max_memory_frames: int, **options: Any) -> Backend:
-    """The backend called ``name``; ``options`` are backend-specific (e.g. torch: autocast=torch.float16)."""
+def make_backend(name: str, model: Any, *, max_memory_frames: int, **options: Any) -> Backend:
+    """The backend called ``name``; ``options`` are backend-specific (e.g. torch: autocast=torch.float16;
+    every backend: runtime=, the runtime of another backend of the same configuration to share)."""
     if name in ("eager", "torch") and model is None:
         raise InputError(f"backend {name!r} needs a model (jfdeploy.load_model)")
     if name == "eager":
-        unknown = sorted(set(options) - {"autocast"})
+        unknown = sorted(set(options) - {"autocast", "runtime"})
         if unknown:
             raise InputError(f"backend 'eager' takes only the option autocast, got {unknown}")
         from jfdeploy.backends.eager import EagerBackend
 
-        assert model is not None  # checked above
         return EagerBackend(model, max_memory_frames=max_memory_frames, **options)
     if name == "torch":
-        from jfdeploy.backends.staged import torch_backend
+        from jfdeploy.backends.torch_runtime import torch_backend
 
-        assert model is not None  # checked above
         return torch_backend(model, max_memory_frames=max_memory_frames, **options)
     if name in ("onnxruntime", "tensorrt"):
         from jfdeploy.backends.engines import engine_backend

@@ -1,63 +1,55 @@
-"""What every backend shares: the per-object compressed-memory tokens and the optional trace."""
+"""What every backend shares: the stage runtime, the per-object compressed-memory tokens, the trace."""
 
 from __future__ import annotations
 
-import torch
+import numpy as np
+
+from jfdeploy.backends.runtime import Array, StageRuntime
 
 
 class Backend:
-    """Interface of a backend, driven by ``jfdeploy.Segmenter``.
+    """Interface of a backend, driven by ``jfdeploy.Segmenter``; arrays are its runtime's.
 
-    ``segment(image)``: 1 x 3 x H x W padded frame -> (1+O) x H x W probabilities, background first;
-    also updates the memory tokens from the decoder tokens.
-    ``memorize(image, object_prob, permanent=, time=)``: encode the frame with O x H x W object
+    ``segment(frame)``: 1 x 3 x H x W padded frame -> O x 1 x H x W logits (the ``aggregate`` stage turns
+    them into probabilities); also updates the memory tokens from the decoder tokens.
+    ``memorize(frame, object_prob, permanent=, time=)``: encode the frame with O x H x W object
     probabilities as a reference (a memory frame, or the temporary reference).
+    ``add_objects(count, tokens_per_frame)``: room for ``count`` new objects (memory tokens, memory).
     ``check_frame_size(height, width)``: raise InputError for a padded size the backend cannot run.
+    ``runtime``: runs the frame loop's stages (``jfdeploy.loop_stages``) on the backend's device.
     """
 
     name = "base"
 
-    def __init__(self, initial_memory_token: torch.Tensor) -> None:
+    def __init__(self, runtime: StageRuntime, initial_memory_token: Array) -> None:
+        self.runtime = runtime
         self.initial_memory_token = initial_memory_token  # 1 x 1 x C, the learned start of every object
-        self.memory_token: torch.Tensor | None = None  # O x 1 x C
-        # when a dict, intermediates of the next calls are recorded into it (tests, debugging)
-        self.trace: dict[str, torch.Tensor] | None = None
+        self.memory_token: Array | None = None  # O x 1 x C
+        self.num_objects = 0  # objects tracked: the one count every part of the frame loop reads
+        # when a dict, intermediates of the next calls are recorded into it (numpy; tests, debugging)
+        self.trace: dict[str, np.ndarray] | None = None
 
     def reset(self) -> None:
         """Forget every object and reference (a new video); subclasses clear their memory too."""
         self.memory_token = None
+        self.num_objects = 0
 
     @property
-    def dtype(self) -> torch.dtype:
-        """The dtype frames and masks must have."""
-        return self.initial_memory_token.dtype
+    def device(self) -> str:
+        return self.runtime.device
 
-    @property
-    def device(self) -> torch.device:
-        """The device frames and masks must be on."""
-        return self.initial_memory_token.device
-
-    @property
-    def num_objects(self) -> int:
-        """Objects tracked: the one count every part of the runtime reads (rows of ``memory_token``)."""
-        return 0 if self.memory_token is None else self.memory_token.shape[0]
-
-    def add_objects(self, count: int) -> None:
-        """Give ``count`` new objects the initial memory token."""
-        if count <= 0:
-            return
-        new = self.initial_memory_token.expand(count, -1, -1).clone()
-        self.memory_token = new if self.memory_token is None else torch.cat([self.memory_token, new])
-
-    def record(self, name: str, value: torch.Tensor) -> None:
+    def record(self, name: str, value: Array) -> None:
         if self.trace is not None:
-            self.trace[name] = value.detach().clone()
+            self.trace[name] = self.runtime.download(value)
 
     def check_frame_size(self, height: int, width: int) -> None:
         """Every size (a multiple of 16) works unless a backend says otherwise."""
 
-    def segment(self, image: torch.Tensor) -> torch.Tensor:
+    def add_objects(self, count: int, tokens_per_frame: int) -> None:
         raise NotImplementedError
 
-    def memorize(self, image: torch.Tensor, object_prob: torch.Tensor, *, permanent: bool, time: int) -> None:
+    def segment(self, frame: Array) -> Array:
+        raise NotImplementedError
+
+    def memorize(self, frame: Array, object_prob: Array, *, permanent: bool, time: int) -> None:
         raise NotImplementedError

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from jfdeploy.backends.base import Backend
-from jfdeploy.model import JointFormer, soft_aggregate
+from jfdeploy.backends.torch_runtime import TorchRuntime, loop_runtime
+from jfdeploy.model import JointFormer
 
 
 @dataclass
@@ -33,10 +34,18 @@ class MemoryEntry:
 class EagerBackend(Backend):
     name = "eager"
 
-    def __init__(self, model: JointFormer, *, max_memory_frames: int, autocast: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: JointFormer,
+        *,
+        max_memory_frames: int,
+        autocast: torch.dtype | None = None,
+        runtime: TorchRuntime | None = None,
+    ) -> None:
         """autocast: torch.float16 / torch.bfloat16 to run the loop under autocast (the published
-        evaluation's ``--amp``), None for the model's own dtype."""
-        super().__init__(model.convmae.cls_token.detach())
+        evaluation's ``--amp``), None for the model's own dtype; runtime: the frame loop's stages
+        (one is made on the model's device when None)."""
+        super().__init__(runtime or loop_runtime(model), model.convmae.cls_token.detach())
         self.model = model
         self.max_memory_frames = max_memory_frames
         self.autocast = autocast
@@ -50,16 +59,25 @@ class EagerBackend(Backend):
     def _precision(self) -> contextlib.AbstractContextManager:
         if self.autocast is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
+        return torch.autocast(self.initial_memory_token.device.type, dtype=self.autocast)
 
+    def add_objects(self, count: int, tokens_per_frame: int) -> None:
+        """Give ``count`` new objects the initial memory token (their memory starts with the next memorize)."""
+        if count <= 0:
+            return
+        new = self.initial_memory_token.expand(count, -1, -1).clone()
+        self.memory_token = new if self.memory_token is None else torch.cat([self.memory_token, new])
+        self.num_objects += count
+
+    @torch.inference_mode()
     def segment(self, image: torch.Tensor) -> torch.Tensor:
-        """Predict the objects in ``image`` (1 x 3 x H x W) -> probabilities (1+O) x H x W.
+        """Predict the objects in ``image`` (1 x 3 x H x W) -> logits O x 1 x H x W.
 
         Also updates each object's memory token from the decoder tokens.
         """
         with self._precision():
-            prob = self._segment(image)
-        return prob.to(image.dtype)
+            logits = self._segment(image)
+        return logits.to(image.dtype)
 
     def _segment(self, image: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -86,12 +104,12 @@ class EagerBackend(Backend):
         self.record("enhance.f16", enhanced)
         logits, decoder_tokens = model.decode(f16, f8, f4, enhanced)
         self.record("decode.tokens", decoder_tokens)
-        aggregated_logits, prob = soft_aggregate(torch.sigmoid(logits[:, 0]), dim=0)
-        self.record("decode.logits", aggregated_logits)
+        self.record("decode.object_logits", logits)
         self.memory_token = model.update_memory_token(decoder_tokens, self.memory_token).to(self.memory_token.dtype)
         self.record("update.memory_token", self.memory_token)
-        return prob
+        return logits
 
+    @torch.inference_mode()
     def memorize(self, image: torch.Tensor, object_prob: torch.Tensor, *, permanent: bool, time: int) -> None:
         """Encode ``image`` (1 x 3 x H x W) with ``object_prob`` (O x H x W) as a reference.
 

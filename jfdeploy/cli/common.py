@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jfdeploy.devices import cuda_device_count, device_name, resolve_device
 from jfdeploy.errors import EXIT_USAGE, InputError
 
 DEFAULT_MAX_OBJECTS = 20
@@ -238,55 +239,6 @@ def apply_preset(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------- device and model
 
 
-def _onnxruntime_has_cuda() -> bool:
-    try:
-        import onnxruntime
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-def resolve_device(requested: str | None, engine_kind: str | None = None):
-    """The torch.device a command runs on: ``--device`` as given (checked), else CUDA when available.
-
-    engine_kind "onnxruntime" / "tensorrt": the device of an engine directory's runtime (onnxruntime
-    defaults to CUDA only when it has its CUDA provider; TensorRT runs on CUDA only).
-    """
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if engine_kind == "tensorrt" and not cuda:
-        raise InputError("TensorRT engines run on CUDA devices only, and CUDA is not available on this machine")
-    if requested is None:
-        use_cuda = cuda and (engine_kind != "onnxruntime" or _onnxruntime_has_cuda())
-        return torch.device("cuda" if use_cuda else "cpu")
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {requested!r} is not a device: use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {requested!r}: only cpu, cuda and cuda:N are supported")
-    if device.type == "cuda":
-        if not cuda:
-            raise InputError(f"--device {requested}: CUDA is not available on this machine (use --device cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if engine_kind == "onnxruntime" and not _onnxruntime_has_cuda():
-            raise InputError(f"--device {requested}: onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
-    elif engine_kind == "tensorrt":
-        raise InputError(f"--device {requested}: TensorRT engines run on CUDA devices only")
-    return device
-
-
-def device_name(device) -> str:
-    import torch
-
-    if device.type != "cuda":
-        return str(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-
-
 def announce(args: argparse.Namespace, backend: str, device, detail: str = "") -> None:
     """The first progress line: which backend runs on which device."""
     if not getattr(args, "quiet", False):
@@ -442,10 +394,8 @@ def run_options(args: argparse.Namespace, sizes: tuple[int, ...] | None = None):
 
 def precision_note(options, device=None) -> str:
     """What the first progress line adds to backend and device: precision options, or why not CUDA."""
-    import torch
-
     notes = [f"precision {options.precision}"] if options.precision != "fp32" else []
     notes += [f"{options.attention} attention"] if options.attention != "torch" else []
-    if options.backend == "onnxruntime" and device is not None and device.type == "cpu" and torch.cuda.is_available():
+    if options.backend == "onnxruntime" and device is not None and device.type == "cpu" and cuda_device_count():
         notes.append("onnxruntime has no CUDA provider here: pip install onnxruntime-gpu to run on CUDA")
     return f" ({', '.join(notes)})" if notes else ""

@@ -8,11 +8,9 @@ PASCAL-VOC/DAVIS palette unless a mask came with its own, which is then kept.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from jfdeploy.errors import InputError
@@ -126,36 +124,3 @@ def write_label_png(path: str | os.PathLike[str], labels: np.ndarray, palette: b
     with atomic_file(path, suffix=".tmp.png") as tmp:
         image.save(tmp, format="PNG")
     return path
-
-
-def labels_to_masks(label_map: np.ndarray, object_ids: Sequence[int]) -> np.ndarray:
-    """One-hot masks: float32 [len(object_ids), H, W], row ``i`` is ``label_map == object_ids[i]``."""
-    label_map = np.asarray(label_map)
-    if label_map.ndim != 2:
-        raise ValueError(f"label_map must be H x W, got shape {label_map.shape}")
-    if not object_ids:
-        return np.zeros((0, *label_map.shape), dtype=np.float32)
-    ids = np.asarray(list(object_ids)).reshape(-1, 1, 1)
-    return (label_map[None] == ids).astype(np.float32)
-
-
-def masks_to_labels(prob: torch.Tensor | np.ndarray, object_ids: Sequence[int]) -> np.ndarray:
-    """Labels from probabilities by argmax.
-
-    Args:
-        prob: [1 + O, H, W]; channel 0 is the background, channel ``i`` the object ``object_ids[i-1]``.
-        object_ids: the O labels (1..255).
-
-    Returns:
-        uint8 [H, W] labels (0 where the background wins).
-    """
-    if prob.ndim != 3 or prob.shape[0] != len(object_ids) + 1:
-        raise ValueError(f"prob must be [1 + {len(object_ids)}, H, W], got shape {tuple(prob.shape)}")
-    if any(not 0 < int(i) < 256 for i in object_ids):
-        raise ValueError(f"object ids must lie in 1..255, got {list(object_ids)}")
-    if isinstance(prob, torch.Tensor):
-        index = prob.detach().argmax(dim=0).cpu().numpy()
-    else:
-        index = np.asarray(prob).argmax(axis=0)
-    lut = np.array([0, *object_ids], dtype=np.uint8)
-    return lut[index]
