@@ -363,25 +363,29 @@ class Worker:
     one at a time."""
 
     def __init__(self, spec: WorkerSpec, name: str = "worker") -> None:
-        import torch
-
-        from jfdeploy.model.checkpoint import load_model
         from jfdeploy.predictor import VideoPredictor
 
         self.spec = spec
         self.name = name
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        if getattr(spec.options, "engines", None) is not None:
+        options = spec.options
+        if getattr(options, "engines", None) is not None:  # no torch needed: the engine runtime
             if spec.checkpoint is not None:
                 raise InputError("a checkpoint does not apply with engines: the engine directory fixed the weights")
             self.model = None
+            if spec.threads:
+                options = dataclasses.replace(options, threads=spec.threads)
         else:
+            import torch
+
+            from jfdeploy.model.checkpoint import load_model
+
+            if spec.threads:
+                torch.set_num_threads(spec.threads)
             with warnings.catch_warnings():  # the driver (the command line) warns about random weights once
                 warnings.filterwarnings("ignore", message="NO CHECKPOINT GIVEN")
                 model = load_model(spec.checkpoint, **dict(spec.model_kwargs))
             self.model = model.to(torch.device(spec.device))
-        self.predictor = VideoPredictor(self.model, spec.options)  # engines and segmenters built once, too
+        self.predictor = VideoPredictor(self.model, options)  # engines and segmenters built once, too
 
     def run(self, job: AnyJob, out_root: str | os.PathLike, *, overwrite: bool = False) -> VideoResult:
         """Run ``job`` into ``job.output(out_root)``; a failure becomes a "failed" result, not an exception.
@@ -404,9 +408,8 @@ class Worker:
         return VideoResult(job.name, frames, seconds, fps, "done", None, self.name)
 
     def _release_memory(self) -> None:
-        import torch
-
-        if self.spec.uses_cuda and torch.cuda.is_available():
+        torch = sys.modules.get("torch")  # only a torch model holds torch's cached device memory
+        if self.spec.uses_cuda and torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()  # an out-of-memory video must not starve the next one
 
 
@@ -430,9 +433,9 @@ def _local_device(device: str, index: int) -> str:
     """Plain "cuda" for the ``index``-th local worker: the GPUs in turn."""
     if device != "cuda":
         return device
-    import torch
+    from jfdeploy.devices import cuda_device_count
 
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = cuda_device_count()
     return f"cuda:{index % count}" if count > 1 else device
 
 
@@ -894,9 +897,9 @@ def _make_pool(
     """(the pool, its number of workers, the spec with its threads)."""
     if ray_address is None:
         if spec.uses_cuda:
-            import torch
+            from jfdeploy.devices import cuda_device_count
 
-            if not torch.cuda.is_available():
+            if not cuda_device_count():
                 raise InputError(f"device {spec.device}: CUDA is not available on this machine")
         count = workers or 1
         spec = dataclasses.replace(spec, threads=spec.threads or max(1, _cpu_count() // count))

@@ -11,6 +11,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -19,7 +20,6 @@ from jfdeploy.errors import InputError
 from jfdeploy.fsutil import atomic_directory, make_dirs
 from jfdeploy.io import OverlayWriter, read_label_png, write_label_png
 from jfdeploy.io.video import FrameSource
-from jfdeploy.model import JointFormer
 from jfdeploy.predictor import RunOptions, VideoPredictor, predict_frames
 
 
@@ -80,7 +80,7 @@ def read_prompts(path: str | os.PathLike, source: FrameSource, max_objects: int)
 
 
 def segment_video(
-    model: JointFormer | None,
+    model: Any,
     source: FrameSource,
     first_mask: str | os.PathLike,
     out_dir: str | os.PathLike,

@@ -58,6 +58,7 @@ class RunOptions:
     sizes: shorter sides fed to the model (None: the frame's own size); several sizes, or ``flip``,
         run one segmenter each and average the probabilities (test-time augmentation).
     max_objects: label maps with more objects are refused.
+    threads: intra-op threads of the onnxruntime sessions (None: onnxruntime's default, every core).
     """
 
     backend: str = "torch"
@@ -70,6 +71,7 @@ class RunOptions:
     sizes: tuple[int | None, ...] = (480,)
     flip: bool = False
     max_objects: int = 20
+    threads: int | None = None  # onnxruntime's intra-op threads (None: its default); torch's are torch's own
 
     def __post_init__(self) -> None:
         sizes = tuple(None if s is None or s <= 0 else int(s) for s in self.sizes)
@@ -126,7 +128,7 @@ class RunOptions:
     def backend_options(self) -> dict[str, Any]:
         """Keyword arguments of ``Segmenter`` / ``make_backend`` for this configuration."""
         if self.backend in ENGINE_BACKENDS:
-            return {"engines": self.engines, "device": self.device}
+            return {"engines": self.engines, "device": self.device, "threads": self.threads}
         options: dict[str, Any] = {}
         if self.precision != "fp32":
             options["autocast"] = precision_dtype(self.precision)

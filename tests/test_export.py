@@ -140,7 +140,10 @@ def test_tampered_or_foreign_directories_are_refused(tiny_engines32, tmp_path):
     shutil.copy(tiny_engines32 / "manifest.json", copy / "manifest.json")
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
-    with pytest.raises(EngineError, match="expected 'jfdeploy-engines' v1"):
+    with pytest.raises(EngineError, match="expected 'jfdeploy-engines' v2"):
+        load_manifest(copy)
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))  # before the frame loop's stages
+    with pytest.raises(EngineError, match="export it again with `jfdeploy export`"):
         load_manifest(copy)
 
 

@@ -49,7 +49,9 @@ def _initial_token(runtime: StageRuntime, manifest: dict[str, Any]) -> tuple[Any
     return runtime.upload(token.astype(NUMPY_DTYPES[runtime.memory_float])), specs.Widths.from_manifest(manifest)
 
 
-def engine_runtime(kind: str, directory: Path, manifest: dict[str, Any], device: str | None = None) -> StageRuntime:
+def engine_runtime(
+    kind: str, directory: Path, manifest: dict[str, Any], device: str | None = None, threads: int | None = None
+) -> StageRuntime:
     """The stage runtime of ``kind`` ("onnxruntime" / "tensorrt") over the engine directory (loaded manifest)."""
     if kind == "onnxruntime":
         try:
@@ -60,7 +62,7 @@ def engine_runtime(kind: str, directory: Path, manifest: dict[str, Any], device:
 
         check_stages(manifest, directory)
         graphs = {stage: directory / entry["onnx"] for stage, entry in manifest["stages"].items()}
-        return OrtRuntime(graphs, manifest["stages"], device or "cpu")
+        return OrtRuntime(graphs, manifest["stages"], device or "cpu", threads=threads)
     if kind == "tensorrt":
         from jfdeploy.backends.trt_runtime import TrtRuntime
 
@@ -80,6 +82,7 @@ def engine_backend(
     max_memory_frames: int,
     device: str | None = None,
     runtime: StageRuntime | None = None,
+    threads: int | None = None,
 ) -> EngineBackend:
     """Backend ``kind`` ("onnxruntime" / "tensorrt") over the engine directory ``engines`` (``runtime``: one
     already loaded from the same directory, shared)."""
@@ -88,7 +91,7 @@ def engine_backend(
     directory = Path(engines)
     manifest = {**load_manifest(directory), "directory": str(directory)}
     if runtime is None:
-        runtime = engine_runtime(kind, directory, manifest, None if device is None else str(device))
+        runtime = engine_runtime(kind, directory, manifest, None if device is None else str(device), threads)
     backend = EngineBackend(runtime, manifest, max_memory_frames=max_memory_frames)
     backend.name = kind
     return backend

@@ -54,11 +54,13 @@ class OrtArray:
 
 class OrtRuntime(StageRuntime):
     """Stage graphs of an engine directory (``graphs``: stage -> ONNX path; ``entries``: the manifest's stage
-    entries, for the tensor types) on ``device`` ("cpu", "cuda", "cuda:N")."""
+    entries, for the tensor types) on ``device`` ("cpu", "cuda", "cuda:N"); ``threads``: intra-op threads."""
 
     name = "onnxruntime"
 
-    def __init__(self, graphs: Mapping[str, Path], entries: Mapping[str, Any], device: str = "cpu") -> None:
+    def __init__(
+        self, graphs: Mapping[str, Path], entries: Mapping[str, Any], device: str = "cpu", *, threads: int | None = None
+    ) -> None:
         import onnxruntime as ort
 
         self._ort = ort
@@ -74,6 +76,8 @@ class OrtRuntime(StageRuntime):
             providers = ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
         self.sessions = {
             stage: ort.InferenceSession(str(path), options, providers=providers) for stage, path in graphs.items()
         }

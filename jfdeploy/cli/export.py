@@ -111,8 +111,13 @@ def add_build_parser(sub) -> None:
 
 
 def add_kernels_parser(sub) -> None:
-    from jfdeploy.kernels import report
-
+    try:
+        from jfdeploy.kernels import report
+    except ImportError as exc:  # the torch-free runtime install: the verb exists and says what it needs
+        missing = sub.add_parser("kernels", help="compile the Triton kernels ahead of time (needs torch and Triton)")
+        missing.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        missing.set_defaults(handler=lambda args: _needs(f"jfdeploy kernels needs torch and Triton ({exc})"))
+        return
     kernels = sub.add_parser(
         "kernels",
         help="compile the Triton kernels ahead of time per GPU arch: registers, spills, shared memory (no GPU needed)",
@@ -122,6 +127,10 @@ def add_kernels_parser(sub) -> None:
     )
     report.add_arguments(kernels)
     kernels.set_defaults(handler=cmd_kernels)
+
+
+def _needs(message: str) -> None:
+    raise JfDeployError(f"{message}: pip install 'jfdeploy[triton]'")
 
 
 def _check_tolerance_defaults() -> str:
