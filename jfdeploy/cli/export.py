@@ -114,9 +114,10 @@ def add_kernels_parser(sub) -> None:
     try:
         from jfdeploy.kernels import report
     except ImportError as exc:  # the torch-free runtime install: the verb exists and says what it needs
+        reason = f"jfdeploy kernels needs torch and Triton ({exc})"
         missing = sub.add_parser("kernels", help="compile the Triton kernels ahead of time (needs torch and Triton)")
         missing.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        missing.set_defaults(handler=lambda args: _needs(f"jfdeploy kernels needs torch and Triton ({exc})"))
+        missing.set_defaults(handler=lambda args: _needs(reason))
         return
     kernels = sub.add_parser(
         "kernels",
