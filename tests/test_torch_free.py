@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import GOLDEN_MAX_MEMORY_FRAMES
-from jfdeploy.io import make_clip, read_label_png, write_clip_folder, write_clip_video, write_label_png
+from jfdeploy.io import make_clip, open_frames, read_label_png, write_clip_folder, write_clip_video, write_label_png
 from jfdeploy.predictor import VideoPredictor
 
 PYTHON = os.environ.get("JFDEPLOY_TORCH_FREE_PYTHON")
@@ -84,13 +84,13 @@ def _assert_masks_match(out: Path, expected: list[np.ndarray]) -> None:
 
 
 def test_run_on_an_mp4_equals_the_torch_backend(clip, tiny_model, tiny_engines32, tmp_path):
-    root, frames, _, first = clip
+    root, _, _, first = clip
     out = tmp_path / "mp4"
     result = jfdeploy_free("run", str(root / "clip.mp4"), "--mask", str(root / "first.png"), "--engines",
                            str(tiny_engines32), "--out", str(out), *OPTIONS)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "backend onnxruntime on cpu" in result.stderr
-    decoded = [rgb for _, rgb in __import__("jfdeploy.io", fromlist=["open_frames"]).open_frames(root / "clip.mp4")]
+    decoded = [rgb for _, rgb in open_frames(root / "clip.mp4")]
     _assert_masks_match(out, _torch_labels(tiny_model, decoded, {0: first}))
 
 
@@ -100,8 +100,6 @@ def test_run_on_a_jpeg_folder_with_an_object_added_equals_the_torch_backend(clip
     result = jfdeploy_free("run", str(root / "jpegs"), "--mask", str(root / "masks"), "--engines",
                            str(tiny_engines32), "--out", str(out), *OPTIONS)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    from jfdeploy.io import open_frames
-
     decoded = [rgb for _, rgb in open_frames(root / "jpegs")]
     expected = _torch_labels(tiny_model, decoded, {0: first, 3: np.where(labels[3] == 3, 3, 0).astype(np.uint8)})
     assert (expected[4] == 3).any()  # the added object is tracked
@@ -126,8 +124,6 @@ def test_predictor_probabilities_equal_the_torch_backend_within_float32(clip, ti
     result = torch_free("-c", PROBABILITIES, str(root / "jpegs"), str(root / "first.png"), str(tiny_engines32),
                         str(saved), str(GOLDEN_MAX_MEMORY_FRAMES))  # fmt: skip
     assert result.returncode == 0, result.stderr
-    from jfdeploy.io import open_frames
-
     frames = [rgb for _, rgb in open_frames(root / "jpegs")]
     predictor = VideoPredictor(tiny_model, sizes=(None,), mem_every=2, max_memory_frames=GOLDEN_MAX_MEMORY_FRAMES)
     expected = [predictor.step(rgb, first if t == 0 else None, probabilities=True).probabilities
