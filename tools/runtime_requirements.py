@@ -9,8 +9,9 @@ box that runs engine directories installs the package itself with ``--no-deps`` 
 from __future__ import annotations
 
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 
 def requirements(extras: list[str]) -> list[str]:
