@@ -12,9 +12,12 @@
 #   kernel   fused top-k attention vs the dense PyTorch reference at the Table 9 shapes (480p: N = 1620
 #            tokens, T = 2 / 4 frames, k = 120, fp16): time and peak memory
 #   bench    `jfdeploy bench` at 480p, Ours-1 then Ours-3, every backend present
+#   torch-free  the engine directory of the bench step through the torch-free runtime (torch blocked in the
+#            process: benchmarks/torch_free_bench.py) against the torch backend at 480p: onnxruntime on CUDA
+#            when onnxruntime-gpu is carried, tensorrt when TensorRT is present; skipped with the reason otherwise
 # The whole run ends within --budget seconds (default 470): each step has its own `timeout`, cut to the time
 # left. At most 8 files are written under $OUT, each stamped with the device name and the date:
-#   env.txt, tests.log, kernel.json (table + log), bench.json (rows + log), bench.md, summary.md
+#   env.txt, tests.log, kernel.json (table + log), bench.json (rows + log, torch-free rows too), bench.md, summary.md
 # --dry-run: decide every step (imports checked, reasons written) but run nothing heavy; with
 #   SUITE_PRETEND_CUDA=1 it walks the decisions of a GPU machine (a check of this script on a CPU).
 # --tiny: run every step at toy sizes on whatever device there is (a CPU check of this script's plumbing).
@@ -302,6 +305,30 @@ else
   done
 fi
 
+# ---- torch-free: the engine runtime without torch, against the torch backend -------------------------------------
+free_variants=()
+if [ "$TINY" = 1 ] && [ "$HAS_JF" = yes ] && have onnx; then  # plumbing check: a tiny export, onnxruntime on the CPU
+  run_step export-tiny 60 "$BENCH_LOG" "$PY" -c "from jfdeploy.export.onnx_export import export_engines; \
+from jfdeploy.model import ModelConfig; from jfdeploy.model.checkpoint import random_model; \
+export_engines(random_model(ModelConfig.tiny(topk=5)), '$WORK/engines', slim=False)" && free_variants=(onnxruntime torch)
+  free_args=(--size 64 --frames 3 --device cpu)
+elif [ "$HAS_JF" != yes ] || [ "$CUDA" != yes ]; then
+  record torch-free skipped 0 "needs jfdeploy and a CUDA device"
+elif [ ! -f "$WORK/engines/manifest.json" ]; then
+  record torch-free skipped 0 "no engine directory: the bench step exports one only with TensorRT or onnxruntime-gpu"
+else
+  [ "$ORT_CUDA" = yes ] && free_variants+=(onnxruntime)
+  [ "$ORT_CUDA" = yes ] || record "torch-free onnxruntime" skipped 0 "onnxruntime-gpu (CUDAExecutionProvider) not carried"
+  if have tensorrt polygraphy; then free_variants+=(tensorrt); else
+    record "torch-free tensorrt" skipped 0 "tensorrt and polygraphy must import"; fi
+  free_variants+=(torch-fp16 torch)
+  free_args=(--size 480 --frames 12 --device cuda)
+fi
+if [ ${#free_variants[@]} -gt 0 ]; then
+  run_step torch-free 120 "$BENCH_LOG" "$PY" "$REPO/benchmarks/torch_free_bench.py" --engines "$WORK/engines" \
+    --variants "$(IFS=,; echo "${free_variants[*]}")" "${free_args[@]}" --json "$WORK/torch_free.json"
+fi
+
 # ---- merge into $OUT, summary --------------------------------------------------------------------------------------
 record total "done" "$(elapsed)" "suite budget ${BUDGET}s"
 STAMP="$STAMP" WORK="$WORK" OUT="$OUT" DRY="$DRY" "$PY" - << 'EOF'
@@ -329,12 +356,13 @@ if kernel["result"] or kernel["log"]:
 
 runs = {name: load(f"bench_{name}.json") for name in ("ours1", "ours3")}
 rows = [row for run in runs.values() if run for row in run["rows"]]
+torch_free = load("torch_free.json")
 bench_log = read("bench.log")
-if rows or bench_log:
+if rows or bench_log or torch_free:
     first = next((run for run in runs.values() if run), {})
     payload = {"device": device, "date": date, "environment": {k: v for k, v in first.items() if k not in
                ("rows", "settings", "paper")}, "settings": {n: r["settings"] for n, r in runs.items() if r},
-               "paper": first.get("paper"), "rows": rows, "log": bench_log}  # fmt: skip
+               "paper": first.get("paper"), "rows": rows, "torch_free": torch_free, "log": bench_log}  # fmt: skip
     (out / "bench.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = ["# jfdeploy bench", "", stamp, ""]
     if rows:
@@ -344,6 +372,17 @@ if rows or bench_log:
         lines += [format_markdown([Row(**row) for row in rows], info), ""]
     else:
         lines += ["no rows (see the log below)", ""]
+    if torch_free:
+        lines += ["## torch-free runtime (benchmarks/torch_free_bench.py)", "",
+                  "| variant | torch imported | resolution | first mask s | ms / frame | frames/s | peak RSS MB |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in torch_free["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['variant']} | failed: {r['error']} | | | | | |")
+            else:
+                lines.append(f"| {r['variant']} | {r['torch_imported']} | {r['resolution']} | {r['first_mask_s']:.2f} | "
+                             f"{r['median_step_ms']:.1f} | {r['fps']:.2f} | {r['peak_rss_mb']:.0f} |")  # fmt: skip
+        lines.append("")
     lines += ["## log (last 60 lines)", "", "```", *bench_log.splitlines()[-60:], "```", ""]
     (out / "bench.md").write_text("\n".join(lines))
 
