@@ -113,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in row:
             print(f"| {row['variant']} | - | - | failed: {row['error']} | - | - | - |")
             continue
-        print(f"| {row['variant']} | {'yes' if row['torch_imported'] else 'no'} | {row['resolution']} | "
-              f"{row['first_mask_s']:.2f} | {row['median_step_ms']:.0f} | {row['fps']:.2f} | {row['peak_rss_mb']:.0f} |")
+        print(
+            f"| {row['variant']} | {'yes' if row['torch_imported'] else 'no'} | {row['resolution']} | "
+            f"{row['first_mask_s']:.2f} | {row['median_step_ms']:.0f} | {row['fps']:.2f} | {row['peak_rss_mb']:.0f} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=2)

@@ -33,30 +33,20 @@ from torch import nn
 
 from jfdeploy.model.jointformer import soft_aggregate
 from jfdeploy.resample import PIL_ONE
-from jfdeploy.specs import STAGE_IO
+from jfdeploy.specs import NamedStage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class LoopStage(nn.Module):
+class LoopStage(NamedStage, nn.Module):
     """A weightless stage. ``float_dtype``: what it computes probabilities in (float32; float64 for a
     float64 model); ``model_dtype``: the float type of the model-side tensors it takes or gives."""
-
-    name = ""
 
     def __init__(self, float_dtype: torch.dtype = torch.float32, model_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.float_dtype = float_dtype
         self.model_dtype = model_dtype
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return STAGE_IO[self.name][0]
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return STAGE_IO[self.name][1]
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:

@@ -138,6 +138,20 @@ TENSOR_DTYPES: dict[str, dict[str, str]] = {
 }
 
 
+class NamedStage:
+    """A stage's name and, from ``STAGE_IO``, its input and output names (the stage modules' base)."""
+
+    name = ""
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return STAGE_IO[self.name][0]
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return STAGE_IO[self.name][1]
+
+
 def tensor_dtype(stage: str, name: str, model_float: str = "float32") -> str:
     """The dtype name of a stage tensor; ``model_float`` is the graphs' float type (float32 / float16)."""
     dtype = TENSOR_DTYPES.get(stage, {}).get(name, MODEL_FLOAT)

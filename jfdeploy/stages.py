@@ -30,25 +30,15 @@ from torch import nn
 from jfdeploy.model import JointFormer
 from jfdeploy.model.attention import JointAttention, topk_joint_attention
 from jfdeploy.model.jointformer import to_map, to_tokens
-from jfdeploy.specs import MODEL_STAGES, STAGE_IO
+from jfdeploy.specs import MODEL_STAGES, NamedStage
 
 
-class Stage(nn.Module):
+class Stage(NamedStage, nn.Module):
     """A stage: a view of a JointFormer's weights with fixed input/output names (``specs.STAGE_IO``)."""
-
-    name = ""
 
     def __init__(self, model: JointFormer) -> None:
         super().__init__()
         self.model = model
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return STAGE_IO[self.name][0]
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return STAGE_IO[self.name][1]
 
 
 class FrameEncoder(Stage):

@@ -83,24 +83,25 @@ def _assert_masks_match(out: Path, expected: list[np.ndarray]) -> None:
         assert np.mean(got != labels) <= LABEL_DISAGREEMENT, path.name
 
 
-def test_run_on_an_mp4_equals_the_torch_backend(clip, tiny_model, tiny_engines32, tmp_path):
-    root, _, _, first = clip
-    out = tmp_path / "mp4"
-    result = jfdeploy_free("run", str(root / "clip.mp4"), "--mask", str(root / "first.png"), "--engines",
-                           str(tiny_engines32), "--out", str(out), *OPTIONS)  # fmt: skip
+def run_engines(source: Path, mask: Path, engines: Path, out: Path) -> list[np.ndarray]:
+    """``jfdeploy run SOURCE --mask MASK --engines ENGINES`` in the torch-free venv; the frames as decoded here."""
+    result = jfdeploy_free("run", str(source), "--mask", str(mask), "--engines", str(engines), "--out", str(out),
+                           *OPTIONS)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "backend onnxruntime on cpu" in result.stderr
-    decoded = [rgb for _, rgb in open_frames(root / "clip.mp4")]
-    _assert_masks_match(out, _torch_labels(tiny_model, decoded, {0: first}))
+    return [rgb for _, rgb in open_frames(source)]
+
+
+def test_run_on_an_mp4_equals_the_torch_backend(clip, tiny_model, tiny_engines32, tmp_path):
+    root, _, _, first = clip
+    decoded = run_engines(root / "clip.mp4", root / "first.png", tiny_engines32, tmp_path / "mp4")
+    _assert_masks_match(tmp_path / "mp4", _torch_labels(tiny_model, decoded, {0: first}))
 
 
 def test_run_on_a_jpeg_folder_with_an_object_added_equals_the_torch_backend(clip, tiny_model, tiny_engines32, tmp_path):
     root, _, labels, first = clip
     out = tmp_path / "jpegs"
-    result = jfdeploy_free("run", str(root / "jpegs"), "--mask", str(root / "masks"), "--engines",
-                           str(tiny_engines32), "--out", str(out), *OPTIONS)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    decoded = [rgb for _, rgb in open_frames(root / "jpegs")]
+    decoded = run_engines(root / "jpegs", root / "masks", tiny_engines32, out)
     expected = _torch_labels(tiny_model, decoded, {0: first, 3: np.where(labels[3] == 3, 3, 0).astype(np.uint8)})
     assert (expected[4] == 3).any()  # the added object is tracked
     _assert_masks_match(out, expected)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from jfdeploy import specs
-from jfdeploy.backends.runtime import NUMPY_DTYPES, StageRuntime, dtype_name
+from jfdeploy.backends.runtime import NUMPY_DTYPES, AddressedRuntime
 from jfdeploy.errors import JfDeployError
 from jfdeploy.manifest import EngineError
 
@@ -52,7 +52,7 @@ class OrtArray:
         return int(self.value.data_ptr()) + self.offset
 
 
-class OrtRuntime(StageRuntime):
+class OrtRuntime(AddressedRuntime):
     """Stage graphs of an engine directory (``graphs``: stage -> ONNX path; ``entries``: the manifest's stage
     entries, for the tensor types) on ``device`` ("cpu", "cuda", "cuda:N"); ``threads``: intra-op threads."""
 
@@ -116,7 +116,7 @@ class OrtRuntime(StageRuntime):
     def _bind(self, by_address: Any, by_value: Any, name: str, array: OrtArray) -> None:
         if array.plain or 0 in array.shape:
             if not array.plain:  # an empty view: an empty value of its shape (no memory to share)
-                array = self.zeros(array.shape, array.dtype.name)
+                array = self.upload(np.zeros(array.shape, array.dtype))
             by_value(name, array.value)
         else:
             by_address(name, self.device_type, self.device_id, array.dtype, list(array.shape), array.address)
@@ -138,23 +138,6 @@ class OrtRuntime(StageRuntime):
         count = int(np.prod(array.shape))
         buffer = memoryview((ctypes.c_byte * (count * array.dtype.itemsize)).from_address(array.address)).cast("B")
         return np.frombuffer(buffer, dtype=array.dtype, count=count).reshape(array.shape).copy()
-
-    def zeros(self, shape: Sequence[int], dtype: str) -> OrtArray:
-        return self.upload(np.zeros(tuple(shape), NUMPY_DTYPES[dtype_name(dtype, self.model_float)]))
-
-    def shape(self, array: OrtArray) -> tuple[int, ...]:
-        return array.shape
-
-    def view(self, array: OrtArray, shape: Sequence[int]) -> OrtArray:
-        shape = tuple(int(n) for n in shape)
-        if int(np.prod(shape)) != int(np.prod(array.shape)):
-            raise ValueError(f"cannot view {array.shape} as {shape}")
-        return OrtArray(array.value, shape, array.dtype, array.offset, array.host)
-
-    def rows_from(self, array: OrtArray, start: int) -> OrtArray:
-        row = int(np.prod(array.shape[1:])) * array.dtype.itemsize
-        shape = (array.shape[0] - start, *array.shape[1:])
-        return OrtArray(array.value, shape, array.dtype, array.offset + start * row, array.host)
 
     def close(self) -> None:
         self.sessions.clear()

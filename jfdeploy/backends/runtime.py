@@ -21,6 +21,7 @@ in place); a runtime that cannot returns new arrays, and the caller keeps whatev
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +70,29 @@ class StageRuntime:
 
     def close(self) -> None:
         """Free device resources (sessions, contexts, buffers); the runtime is unusable afterwards."""
+
+
+class AddressedRuntime(StageRuntime):
+    """A runtime whose arrays are dataclasses with ``shape``, ``dtype`` and a byte ``offset`` into memory they
+    keep alive (onnxruntime's OrtValues, Polygraphy's device arrays): views are address arithmetic, zeros
+    are uploaded."""
+
+    def zeros(self, shape: Sequence[int], dtype: str) -> Array:
+        return self.upload(np.zeros(tuple(shape), NUMPY_DTYPES[dtype_name(dtype, self.model_float)]))
+
+    def shape(self, array: Array) -> tuple[int, ...]:
+        return array.shape
+
+    def view(self, array: Array, shape: Sequence[int]) -> Array:
+        shape = tuple(int(n) for n in shape)
+        if int(np.prod(shape)) != int(np.prod(array.shape)):
+            raise ValueError(f"cannot view {array.shape} as {shape}")
+        return dataclasses.replace(array, shape=shape)
+
+    def rows_from(self, array: Array, start: int) -> Array:
+        row = int(np.prod(array.shape[1:])) * array.dtype.itemsize
+        shape = (array.shape[0] - start, *array.shape[1:])
+        return dataclasses.replace(array, shape=shape, offset=array.offset + start * row)
 
 
 def dtype_name(dtype: str, model_float: str) -> str:

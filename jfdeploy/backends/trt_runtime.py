@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from jfdeploy import specs
-from jfdeploy.backends.runtime import NUMPY_DTYPES, StageRuntime, dtype_name
+from jfdeploy.backends.runtime import NUMPY_DTYPES, AddressedRuntime
 from jfdeploy.devices import Device, cuda_device_name
 from jfdeploy.errors import InputError
 from jfdeploy.manifest import EngineError
@@ -36,12 +36,18 @@ from jfdeploy.plans import manifest_profiles, polygraphy_errors, select_profile
 
 @dataclass
 class TrtArray:
-    """``shape`` elements of ``dtype`` at ``address`` on the device; ``owner`` keeps the memory alive."""
+    """``shape`` elements of ``dtype`` at byte ``offset`` from ``base`` on the device; ``owner`` (a Polygraphy
+    DeviceArray) keeps the memory alive."""
 
-    address: int
+    base: int
     shape: tuple[int, ...]
     dtype: np.dtype
     owner: Any = None
+    offset: int = 0
+
+    @property
+    def address(self) -> int:
+        return self.base + self.offset
 
     @property
     def nbytes(self) -> int:
@@ -66,7 +72,7 @@ class TrtStage:
         self.profile = 0  # contexts start on profile 0
 
 
-class TrtRuntime(StageRuntime):
+class TrtRuntime(AddressedRuntime):
     """The plans of an engine directory (``jfdeploy build``) on ``device`` ("cuda", "cuda:N")."""
 
     name = "tensorrt"
@@ -150,24 +156,6 @@ class TrtRuntime(StageRuntime):
         view.copy_to(host, stream=self.stream)
         self.stream.synchronize()
         return host
-
-    def zeros(self, shape: Sequence[int], dtype: str) -> TrtArray:
-        return self.upload(np.zeros(tuple(shape), NUMPY_DTYPES[dtype_name(dtype, self.model_float)]))
-
-    def shape(self, array: TrtArray) -> tuple[int, ...]:
-        return array.shape
-
-    def view(self, array: TrtArray, shape: Sequence[int]) -> TrtArray:
-        shape = tuple(int(n) for n in shape)
-        if int(np.prod(shape)) != int(np.prod(array.shape)):
-            raise ValueError(f"cannot view {array.shape} as {shape}")
-        return TrtArray(array.address, shape, array.dtype, array.owner)
-
-    def rows_from(self, array: TrtArray, start: int) -> TrtArray:
-        row = int(np.prod(array.shape[1:])) * array.dtype.itemsize
-        return TrtArray(
-            array.address + start * row, (array.shape[0] - start, *array.shape[1:]), array.dtype, array.owner
-        )
 
     def close(self) -> None:
         self.stages.clear()
