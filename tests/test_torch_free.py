@@ -172,3 +172,9 @@ def test_errors_are_one_line_with_the_usual_exit_codes(clip, tiny_engines32, tmp
     assert stale.returncode == 2 and "jfdeploy export" in stale.stderr
     assert len(stale.stderr.strip().splitlines()) == 1, stale.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # nothing half-written
+    for verb in (["demo", "--out", str(tmp_path / "d")], ["export", "--out", str(tmp_path / "e")]):
+        needs = jfdeploy_free(*verb)  # the verbs that need the model say so
+        assert needs.returncode == 2 and len(needs.stderr.strip().splitlines()) <= 2, needs.stderr
+        assert "needs PyTorch" in needs.stderr.strip().splitlines()[-1]
+    info = jfdeploy_free("info")
+    assert info.returncode == 0 and "torch not installed" in info.stdout and "onnxruntime" in info.stdout

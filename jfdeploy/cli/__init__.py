@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             args.handler(args)
     except BaseException as exc:
         status = exit_status(exc)
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "torch":  # the torch-free runtime install
+            status = (EXIT_USAGE, "needs PyTorch (pip install torch); without it jfdeploy runs engine directories "
+                                  "only: run / run-many / eval --engines DIR, VideoPredictor(engines=DIR)")  # fmt: skip
         if status is None:
             raise  # a bug: keep the traceback (the scope has already removed any unfinished output)
         code, message = status

@@ -23,14 +23,17 @@ def _import_version(module: str) -> str | None:
 
 
 def cmd_info(_: argparse.Namespace) -> None:
-    import torch
-
     import jfdeploy
+    from jfdeploy.devices import cuda_device_count, cuda_device_name
 
     print(f"jfdeploy {jfdeploy.__version__}, python {platform.python_version()}, {platform.platform()}")
-    print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
-    for index in range(torch.cuda.device_count()):
-        print(f"  cuda:{index} {torch.cuda.get_device_name(index)}")
+    torch_version = _import_version("torch")
+    cuda = cuda_device_count() > 0
+    if torch_version is None:
+        print("torch not installed: engine directories only (run / run-many / eval --engines)")
+    print(f"torch {torch_version or '-'}, CUDA available: {cuda}")
+    for index in range(cuda_device_count()):
+        print(f"  cuda:{index} {cuda_device_name(index)}")
     optional = {"numpy": "numpy", "pillow": "PIL", "av (video)": "av", "onnx": "onnx", "onnxruntime": "onnxruntime",
                 "triton": "triton", "tensorrt": "tensorrt", "polygraphy": "polygraphy", "onnxslim": "onnxslim",
                 "matplotlib": "matplotlib"}  # fmt: skip
@@ -42,10 +45,10 @@ def cmd_info(_: argparse.Namespace) -> None:
 
             extra = f" (providers: {', '.join(onnxruntime.get_available_providers())})"
         print(f"{name} {version}{extra}")
-    backends = ["eager", "torch"]
+    backends = ["eager", "torch"] if torch_version else []
     backends += ["onnxruntime"] if "onnxruntime" in present else []
-    backends += ["tensorrt"] if "tensorrt" in present and torch.cuda.is_available() else []
+    backends += ["tensorrt"] if "tensorrt" in present and cuda else []
     print(f"backends: {', '.join(backends)}")
     if "triton" in present:
-        where = "CUDA" if torch.cuda.is_available() else "CPU interpreter only (TRITON_INTERPRET=1)"
+        where = "CUDA" if cuda else "CPU interpreter only (TRITON_INTERPRET=1)"
         print(f"attention kernels (--attention triton): {where}")
