@@ -41,6 +41,7 @@ def torch_free(*args: str, cwd: Path | None = None, timeout: float = 300) -> sub
     bin_dir = str(Path(PYTHON).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     env.pop("PYTHONPATH", None)
+    cwd = cwd or Path(PYTHON).parent  # not the checkout: `-m jfdeploy.cli` there would import the source folder
     return subprocess.run([PYTHON, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
