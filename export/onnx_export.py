@@ -59,7 +59,10 @@ def _import_onnxslim():
 def slim_graph(graph, onnxslim, stage: str):
     """``graph`` (onnx.ModelProto) simplified by onnxslim: constants folded, dead and duplicate nodes
     removed, inputs/outputs (names, dynamic dimensions, dtypes) unchanged."""
-    slimmed = onnxslim.slim(graph)
+    # token_rows is 1 or objects: onnxslim's shape inference would take the broadcast for equality and
+    # rename one symbol to the other, so these graphs are simplified without it
+    shared_rows = any("token_rows" in shape for shape in specs.stage_shapes()[stage].values())
+    slimmed = onnxslim.slim(graph, no_shape_infer=shared_rows)
     if slimmed is None:  # onnxslim returns None when its own result check fails
         raise JfDeployError(f"onnxslim could not simplify {stage}: export with slim=False (or without onnxslim)")
     return slimmed
@@ -102,7 +105,15 @@ def example_size(model: JointFormer, slots: int) -> specs.Size:
     """A small square size at which every top-k candidate set holds >= k tokens (see token_limits)."""
     needed = frame_tokens_needed(token_limits(model.config), slots)
     side = max(4, math.isqrt(needed - 1) + 1)
-    return specs.Size(objects=2, height=16 * side, width=16 * side, slots=slots, widths=specs.Widths.of(model.config))
+    return specs.Size(
+        objects=2,
+        height=16 * side,
+        width=16 * side,
+        slots=slots,
+        widths=specs.Widths.of(model.config),
+        frames=2,
+        token_rows=1,
+    )  # frames traced at 2 (a traced 1 may be taken for a broadcast); token rows at 1, the broadcast kept
 
 
 def export_engines(

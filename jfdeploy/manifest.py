@@ -21,7 +21,9 @@ from jfdeploy.specs import STAGES
 
 MANIFEST = "manifest.json"
 FORMAT = "jfdeploy-engines"
-VERSION = 2  # 2: every tensor op of a frame is a stage (pre/postprocessing, aggregation, memory write)
+VERSION = 3  # 2: every tensor op of a frame is a stage (pre/postprocessing, aggregation, memory write);
+# 3: the frame encoder takes a batch of frames, the reader and decoder the rows of each (video, object) pair
+OLDER = {1: "without the frame loop's stages", 2: "without the frame batch axis of cross-stream batching"}
 
 
 class EngineError(JfDeployError):
@@ -64,9 +66,10 @@ def load_manifest(directory: str | os.PathLike, *, verify_files: bool = True) ->
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise EngineError(f"{path} is not valid JSON: {exc}") from exc
-    if manifest.get("format") == FORMAT and manifest.get("version") == 1:
+    if manifest.get("format") == FORMAT and manifest.get("version") in OLDER:
+        version = manifest["version"]
         raise EngineError(
-            f"{directory} was exported by an older jfdeploy (manifest v1, without the frame loop's stages): "
+            f"{directory} was exported by an older jfdeploy (manifest v{version}, {OLDER[version]}): "
             "export it again with `jfdeploy export`"
         )
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:

@@ -97,7 +97,18 @@ def profile_shapes(
     sizes = (
         specs.Size(1, *bucket.min_hw, slots, widths, *SOURCE_MIN_HW, 1, 1, old_objects=0),
         specs.Size(1, *bucket.opt_hw, slots, widths, 1080, 1920, 5, 5, old_objects=1),
-        specs.Size(max_objects, *bucket.max_hw, slots, widths, *SOURCE_MAX_HW, taps, taps, old_objects=max_objects),
+        specs.Size(
+            max_objects,
+            *bucket.max_hw,
+            slots,
+            widths,
+            *SOURCE_MAX_HW,
+            taps,
+            taps,
+            old_objects=max_objects,
+            frames=max_objects,
+            token_rows=max_objects,
+        ),
     )
     return {
         name: tuple(specs.shape_at(stage, name, size) for size in sizes)  # type: ignore[misc]

@@ -38,7 +38,7 @@ from jfdeploy.errors import InputError
 from jfdeploy.fsutil import raise_if_interrupted
 from jfdeploy.precision import PRECISION_NAMES, precision_dtype
 from jfdeploy.resample import geometry
-from jfdeploy.segmenter import Segmenter
+from jfdeploy.segmenter import FramePlan, Segmenter
 
 ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
 ATTENTIONS = ("torch", "triton")
@@ -184,9 +184,18 @@ class VideoPredictor:
             device and in the dtype it should run; None for onnxruntime / tensorrt (``engines=``).
         options: ``RunOptions``; keyword arguments override its fields (``size=`` is a shorthand for
             ``sizes=(size,)``), e.g. ``VideoPredictor(model, size=480, precision="bf16")``.
+        runtime: the stage runtime of another predictor of the same model and options (``.runtime``) to
+            share: its weights / engine sessions are loaded once, each predictor keeps its own memory
+            (a server's sessions; their frames can then go through the model together).
+
+    ``step`` is ``begin`` (preprocessing, the objects, each segmenter's ``FramePlan``), the model on
+    every plan that needs it (``backend.segment``; ``jfdeploy.backends.staged.segment_together`` runs the
+    plans of several predictors sharing a runtime as one batch), then ``finish``.
     """
 
-    def __init__(self, model: Any = None, options: RunOptions | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, model: Any = None, options: RunOptions | None = None, *, runtime: Any = None, **overrides: Any
+    ) -> None:
         if "size" in overrides:
             overrides["sizes"] = (overrides.pop("size"),)
         if "engines" in overrides and overrides["engines"] is not None and "backend" not in overrides:
@@ -196,7 +205,8 @@ class VideoPredictor:
         self.model = model
         self.segmenters: list[Segmenter] = []
         for _ in self.options.augmentations:  # one memory per augmentation, one runtime (weights, engines) for all
-            shared = {"runtime": self.segmenters[0].runtime} if self.segmenters else {}
+            first = self.segmenters[0].runtime if self.segmenters else runtime
+            shared = {"runtime": first} if first is not None else {}
             self.segmenters.append(
                 Segmenter(
                     model,
@@ -249,16 +259,10 @@ class VideoPredictor:
             self._arrays[key] = make()
         return self._arrays[key]
 
-    def step(
-        self,
-        image: Any,
-        objects: Any = None,
-        *,
-        last: bool = False,
-        probabilities: bool = False,
-    ) -> Prediction:
-        """Segment one RGB uint8 H x W x 3 frame; ``objects``: a label map given on this frame (as
-        ``add_objects``); ``last``: the video's last frame (not memorized)."""
+    def begin(
+        self, image: Any, objects: Any = None, *, last: bool = False, probabilities: bool = False
+    ) -> PendingFrame:
+        """The first half of ``step``: the frame preprocessed and planned by every segmenter."""
         rgb = _as_rgb(image)
         size = (rgb.shape[0], rgb.shape[1])
         if objects is None:
@@ -278,27 +282,70 @@ class VideoPredictor:
                 label_map = None
             elif len(present) < len(self.object_ids):
                 valid_rows = [self.object_ids.index(v) + 1 for v in present]
+        pending = PendingFrame(size, list(self.object_ids), probabilities)
         if not self.object_ids:  # nothing to track yet: the frame is all background
-            empty = np.zeros(size, np.uint8)
-            return Prediction(empty, [], np.ones((1, *size), np.float32) if probabilities else None)
-
+            return pending
         run, runtime = self.runtime.run, self.runtime
-        ids = tuple(self.object_ids)
-        labels = self._array(("labels", ids), lambda: runtime.upload(np.asarray(ids, np.int64)))
-        accumulated = self._array(("zeros", len(ids), size), lambda: runtime.zeros((1 + len(ids), *size), "float32"))
+        labels = self._array(
+            ("labels", tuple(self.object_ids)), lambda: runtime.upload(np.asarray(self.object_ids, np.int64))
+        )
         rgb_array = runtime.upload(rgb)
         label_array = None if label_map is None else runtime.upload(label_map)
         for (side, flipped), segmenter in zip(self.options.augmentations, self.segmenters, strict=True):
             tables = self._frame_tables(size, side, flipped)
             (frame,) = run("preprocess", rgb_array, *tables[:4])
             masks = None if label_array is None else run("label_masks", label_array, labels, *tables[4:6])[0]
-            prob = segmenter.step(frame, masks, valid_rows, last=last)
-            assert prob is not None  # objects are tracked
+            plan = segmenter.plan(frame, masks, valid_rows, last=last)
+            assert plan is not None  # objects are tracked
+            pending.plans.append(plan)
+        return pending
+
+    def finish(self, pending: PendingFrame, logits: list[Array | None]) -> Prediction:
+        """The second half of ``step``: ``logits`` of each plan (None where it needs none) -> the Prediction."""
+        size, ids = pending.size, tuple(pending.object_ids)
+        if not ids:
+            empty = np.zeros(size, np.uint8)
+            return Prediction(empty, [], np.ones((1, *size), np.float32) if pending.probabilities else None)
+        run, runtime = self.runtime.run, self.runtime
+        labels = self._array(("labels", ids), lambda: runtime.upload(np.asarray(ids, np.int64)))
+        accumulated = self._array(("zeros", len(ids), size), lambda: runtime.zeros((1 + len(ids), *size), "float32"))
+        segments = zip(self.options.augmentations, self.segmenters, pending.plans, logits, strict=True)
+        for (side, flipped), segmenter, plan, plan_logits in segments:
+            prob = segmenter.complete(plan, plan_logits)
+            tables = self._frame_tables(size, side, flipped)
             (accumulated,) = run("postprocess", prob, *tables[6:], accumulated)
         (label_out,) = run("label_map", accumulated, labels)
         return Prediction(
-            runtime.download(label_out), list(self.object_ids), runtime.download(accumulated) if probabilities else None
+            runtime.download(label_out), list(ids), runtime.download(accumulated) if pending.probabilities else None
         )
+
+    def step(
+        self,
+        image: Any,
+        objects: Any = None,
+        *,
+        last: bool = False,
+        probabilities: bool = False,
+    ) -> Prediction:
+        """Segment one RGB uint8 H x W x 3 frame; ``objects``: a label map given on this frame (as
+        ``add_objects``); ``last``: the video's last frame (not memorized)."""
+        pending = self.begin(image, objects, last=last, probabilities=probabilities)
+        logits = [
+            segmenter.backend.segment(plan.frame) if plan.need_segment else None
+            for segmenter, plan in zip(self.segmenters, pending.plans, strict=False)  # no plans: no objects
+        ]
+        return self.finish(pending, logits)
+
+
+@dataclass
+class PendingFrame:
+    """A frame between ``VideoPredictor.begin`` and ``finish``: its source ``size`` (H, W), the objects
+    tracked, whether probabilities are wanted, and one ``FramePlan`` per segmenter (none without objects)."""
+
+    size: tuple[int, int]
+    object_ids: list[int]
+    probabilities: bool
+    plans: list[FramePlan] = dataclasses.field(default_factory=list)
 
 
 @dataclass

@@ -17,6 +17,7 @@ the frame sits) and probabilities go out at that size. Frames before the first m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,21 @@ from jfdeploy.backends import make_backend
 from jfdeploy.backends.runtime import Array
 from jfdeploy.errors import InputError
 from jfdeploy.resample import PAD_MULTIPLE
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """What one frame needs (``Segmenter.plan``): its inputs, padded ``size`` (H, W), ``total_objects`` once
+    its masks' new objects join, whether it becomes a memory frame and whether the model segments it."""
+
+    frame: Array
+    masks: Array | None
+    labels: list[int] | None
+    last: bool
+    size: tuple[int, int]
+    total_objects: int
+    is_memory_frame: bool
+    need_segment: bool
 
 
 class Segmenter:
@@ -101,6 +117,62 @@ class Segmenter:
                 raise InputError(f"new objects {missing_new} must be among the valid labels {labels}")
         return height, width
 
+    def plan(
+        self,
+        frame: Array,
+        masks: Array | None = None,
+        labels: Sequence[int] | None = None,
+        last: bool = False,
+    ) -> FramePlan | None:
+        """Check one frame and decide what it needs (the frame counter advances); None before the first
+        mask (nothing to track: the frame is all background). Arguments as ``step``; the model runs on
+        ``plan.frame`` (``backend.segment``, alone or batched with other videos' frames) only where
+        ``plan.need_segment``, then ``complete`` finishes the frame."""
+        if self.finished:
+            raise InputError("step() after the last frame: reset() (or a new Segmenter) for a new video")
+        label_list = None if labels is None else [int(label) for label in labels]
+        height, width = self._check(frame, masks, label_list)
+        if masks is None and self.num_objects == 0:
+            return None
+        self.backend.check_frame_size(height, width)
+        self.finished = last
+        self.time += 1
+        total_objects = self.runtime.shape(masks)[0] if masks is not None else self.num_objects
+        return FramePlan(
+            frame=frame,
+            masks=masks,
+            labels=label_list,
+            last=last,
+            size=(height, width),
+            total_objects=total_objects,
+            is_memory_frame=(self.time - self.last_memory_time >= self.mem_every or masks is not None) and not last,
+            need_segment=self.time > 0 and (label_list is None or len(label_list) != total_objects),
+        )
+
+    def complete(self, plan: FramePlan, logits: Array | None) -> Array:
+        """The frame's probabilities from the model's ``logits`` (O x 1 x H x W; None where the plan needs
+        no segmentation) and the given masks; new objects join and the frame is memorized."""
+        runtime, backend = self.runtime, self.backend
+        height, width = plan.size
+        prob = object_prob = None  # (1+O) x H x W; O x H x W in the model's float type
+        if plan.need_segment:
+            assert logits is not None
+            prob, object_prob = runtime.run("aggregate", logits)
+        if plan.masks is not None:
+            keep = np.zeros(self.num_objects if prob is not None else 0, np.bool_)  # rows that keep the prediction
+            if plan.labels is not None:
+                keep[:] = [row + 1 not in plan.labels for row in range(keep.shape[0])]
+            if prob is None:
+                prob = runtime.zeros((1, height, width), runtime.loop_float)  # nothing predicted
+            prob, object_prob = runtime.run("merge_masks", prob, plan.masks, runtime.upload(keep))
+            backend.add_objects(plan.total_objects - self.num_objects, (height // 16) * (width // 16))
+        assert prob is not None and object_prob is not None
+        if not plan.last:
+            backend.memorize(plan.frame, object_prob, permanent=plan.is_memory_frame, time=self.time)
+            if plan.is_memory_frame:
+                self.last_memory_time = self.time
+        return prob
+
     def step(
         self,
         frame: Array,
@@ -121,35 +193,7 @@ class Segmenter:
             (1 + objects) x H x W probabilities, background first; None before the first mask (nothing
             to track yet: the frame is all background).
         """
-        if self.finished:
-            raise InputError("step() after the last frame: reset() (or a new Segmenter) for a new video")
-        label_list = None if labels is None else [int(label) for label in labels]
-        height, width = self._check(frame, masks, label_list)
-        if masks is None and self.num_objects == 0:
+        plan = self.plan(frame, masks, labels, last)
+        if plan is None:
             return None
-        self.finished = last
-
-        self.time += 1
-        runtime, backend = self.runtime, self.backend
-        backend.check_frame_size(height, width)
-        total_objects = runtime.shape(masks)[0] if masks is not None else self.num_objects
-        is_memory_frame = (self.time - self.last_memory_time >= self.mem_every or masks is not None) and not last
-        need_segment = self.time > 0 and (label_list is None or len(label_list) != total_objects)
-
-        prob = object_prob = None  # (1+O) x H x W; O x H x W in the model's float type
-        if need_segment:
-            prob, object_prob = runtime.run("aggregate", backend.segment(frame))
-        if masks is not None:
-            keep = np.zeros(self.num_objects if prob is not None else 0, np.bool_)  # rows that keep the prediction
-            if label_list is not None:
-                keep[:] = [row + 1 not in label_list for row in range(keep.shape[0])]
-            if prob is None:
-                prob = runtime.zeros((1, height, width), runtime.loop_float)  # nothing predicted
-            prob, object_prob = runtime.run("merge_masks", prob, masks, runtime.upload(keep))
-            backend.add_objects(total_objects - self.num_objects, (height // 16) * (width // 16))
-
-        if not last:
-            backend.memorize(frame, object_prob, permanent=is_memory_frame, time=self.time)
-            if is_memory_frame:
-                self.last_memory_time = self.time
-        return prob
+        return self.complete(plan, self.backend.segment(frame) if plan.need_segment else None)

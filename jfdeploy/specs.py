@@ -4,10 +4,12 @@ TensorRT profiles and the engine runners agree on. Plain Python (no torch): the 
 Stages: the model's (``MODEL_STAGES``, ``jfdeploy.stages``) and the frame loop's tensor ops around them
 (``LOOP_STAGES``, ``jfdeploy.loop_stages``): pre- and postprocessing, aggregation, the memory write.
 
-Dynamic symbols: ``objects`` (O; ``old_objects`` before new ones are added), ``classes`` = O + 1 (background
-first), ``height``/``width`` (padded model input, multiples of 16), ``h16``/``w16`` = H/16, W/16 (and h8,
-w8, h4, w4), ``tokens`` = h16 * w16, ``slots`` (memory slots S), ``ref_tokens`` = S * tokens,
-``source_height``/``source_width`` (the caller's frame), ``row_taps``/``col_taps`` (resampling taps).
+Dynamic symbols: ``objects`` (O; ``old_objects`` before new ones are added), ``frames`` (frames encoded
+together), ``token_rows`` (1: one frame's tokens shared by its objects, or O: each (video, object) pair's),
+``classes`` = O + 1 (background first), ``height``/``width`` (padded model input, multiples of 16),
+``h16``/``w16`` = H/16, W/16 (and h8, w8, h4, w4), ``tokens`` = h16 * w16, ``slots`` (memory slots S),
+``ref_tokens`` = S * tokens, ``source_height``/``source_width`` (the caller's frame), ``row_taps``/``col_taps``
+(resampling taps).
 Static dimensions (channels, joint blocks, heads) are fixed by the model's architecture: ``Widths``
 (the published ConvMAE-Base by default, ``Widths.of(config)`` for any other, e.g. ``ModelConfig.tiny()``).
 """
@@ -166,11 +168,11 @@ def stage_shapes(widths: Widths = PUBLISHED) -> dict[str, dict[str, Shape]]:
     old_memory: Shape = (layers, "old_objects", heads, "slots", "tokens", d)
     reference: Shape = (layers, "objects", heads, "tokens", d)
     return {
-        "frame_encoder": {
-            "frame": (1, 3, "height", "width"),
-            "tokens": (1, c, "h16", "w16"),
-            "f8": (1, widths.c8, "h8", "w8"),
-            "f4": (1, widths.c4, "h4", "w4"),
+        "frame_encoder": {  # a batch of frames (of several videos: a server's sessions)
+            "frame": ("frames", 3, "height", "width"),
+            "tokens": ("frames", c, "h16", "w16"),
+            "f8": ("frames", widths.c8, "h8", "w8"),
+            "f4": ("frames", widths.c4, "h4", "w4"),
         },
         "reference_encoder": {
             "frame": (1, 3, "height", "width"),
@@ -180,8 +182,8 @@ def stage_shapes(widths: Widths = PUBLISHED) -> dict[str, dict[str, Shape]]:
             "reference_values": reference,
             "memory_token_out": ("objects", 1, c),
         },
-        "memory_reader": {
-            "tokens": (1, c, "h16", "w16"),
+        "memory_reader": {  # tokens: the frame's (1 row, shared by its objects) or each pair's (O rows)
+            "tokens": ("token_rows", c, "h16", "w16"),
             "reference_keys": (layers, "objects", heads, "ref_tokens", d),
             "reference_values": (layers, "objects", heads, "ref_tokens", d),
             "reference_valid": ("objects", "ref_tokens"),
@@ -194,8 +196,8 @@ def stage_shapes(widths: Widths = PUBLISHED) -> dict[str, dict[str, Shape]]:
         },
         "decoder": {
             "f16": ("objects", c, "h16", "w16"),
-            "f8": (1, widths.c8, "h8", "w8"),
-            "f4": (1, widths.c4, "h4", "w4"),
+            "f8": ("token_rows", widths.c8, "h8", "w8"),
+            "f4": ("token_rows", widths.c4, "h4", "w4"),
             "enhanced_f16": ("objects", c, "h16", "w16"),
             "logits": ("objects", 1, "height", "width"),
             "decoder_tokens": ("objects", c, "h16", "w16"),
@@ -287,6 +289,8 @@ class Size:
     row_taps: int = 1
     col_taps: int = 1
     old_objects: int | None = None
+    frames: int = 1  # frames encoded together
+    token_rows: int = 1  # rows of the current tokens / f8 / f4 the reader and decoder take: 1 or objects
 
     def __post_init__(self) -> None:
         if self.height % 16 or self.width % 16 or min(self.height, self.width) < 16:
@@ -305,6 +309,8 @@ class Size:
         old = self.objects if self.old_objects is None else self.old_objects
         return {
             "objects": self.objects,
+            "frames": self.frames,
+            "token_rows": self.token_rows,
             "old_objects": old,
             "classes": self.objects + 1,
             "old_classes": old + 1,

@@ -140,11 +140,12 @@ def test_tampered_or_foreign_directories_are_refused(tiny_engines32, tmp_path):
     shutil.copy(tiny_engines32 / "manifest.json", copy / "manifest.json")
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
-    with pytest.raises(EngineError, match="expected 'jfdeploy-engines' v2"):
+    with pytest.raises(EngineError, match="expected 'jfdeploy-engines' v3"):
         load_manifest(copy)
-    (copy / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))  # before the frame loop's stages
-    with pytest.raises(EngineError, match="export it again with `jfdeploy export`"):
-        load_manifest(copy)
+    for older in (1, 2):  # before the frame loop's stages; before the frame batch axis
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "version": older}))
+        with pytest.raises(EngineError, match=rf"manifest v{older}, .*export it again with `jfdeploy export`"):
+            load_manifest(copy)
 
 
 def test_tensorrt_plans_are_tied_to_version_and_gpu():

@@ -62,12 +62,13 @@ def tree_digest(directory: Path) -> str:
 
 
 def test_profile_shapes_of_the_480p_bucket():
-    """min: 384x384, 1 object; opt: 480x864, 1 object; max: 608x1088, max objects; 4 slots of reference tokens."""
+    """min: 384x384, 1 object; opt: 480x864, 1 object; max: 608x1088, max objects (and as many frames and
+    token rows: a server's batch); 4 slots of reference tokens."""
     bucket = NAMED_BUCKETS["480p"]
     assert DEFAULT_BUCKETS == (bucket,)
     reader = profile_shapes("memory_reader", bucket, max_objects=8, slots=4, limits=LIMITS, widths=PUBLISHED)
     assert list(reader) == ["tokens", "reference_keys", "reference_values", "reference_valid"]
-    assert reader["tokens"] == ((1, C, 24, 24), (1, C, 30, 54), (1, C, 38, 68))
+    assert reader["tokens"] == ((1, C, 24, 24), (1, C, 30, 54), (8, C, 38, 68))  # up to a row per pair
     assert reader["reference_keys"] == (
         (L, 1, 12, 4 * 24 * 24, 64),
         (L, 1, 12, 4 * 30 * 54, 64),  # 480x864: 1620 tokens x 4 slots
@@ -79,7 +80,9 @@ def test_profile_shapes_of_the_480p_bucket():
     assert encoder["object_prob"] == ((1, 384, 384), (1, 480, 864), (3, 608, 1088))
     assert encoder["memory_token"] == ((1, 1, C), (1, 1, C), (3, 1, C))
     decoder = profile_shapes("decoder", bucket, max_objects=2, slots=4, limits=LIMITS, widths=PUBLISHED)
-    assert decoder["f4"] == ((1, 256, 96, 96), (1, 256, 120, 216), (1, 256, 152, 272))  # shared: 1 frame
+    assert decoder["f4"] == ((1, 256, 96, 96), (1, 256, 120, 216), (2, 256, 152, 272))  # 1 frame's .. a pair's
+    frames = profile_shapes("frame_encoder", bucket, max_objects=4, slots=4, limits=LIMITS, widths=PUBLISHED)
+    assert frames["frame"] == ((1, 3, 384, 384), (1, 3, 480, 864), (4, 3, 608, 1088))  # a batch of frames
     assert decoder["f16"][2] == (2, C, 38, 68)
 
 
@@ -100,7 +103,11 @@ def test_profiles_take_the_static_widths_of_the_architecture():
     reader = profile_shapes("memory_reader", NAMED_BUCKETS["480p"], max_objects=2, slots=4, limits=LIMITS, widths=tiny)
     low, _, high = reader["reference_keys"]
     assert low[0] == high[0] == 3 and low[2] == 3 and low[4] == 32  # L, heads, head dim of the tiny model
-    assert reader["tokens"][0][1] == 96 and specs.dynamic_axes("memory_reader")["tokens"] == {2: "h16", 3: "w16"}
+    assert reader["tokens"][0][1] == 96 and specs.dynamic_axes("memory_reader")["tokens"] == {
+        0: "token_rows",
+        2: "h16",
+        3: "w16",
+    }
 
 
 def test_buckets_too_small_for_the_constant_k_are_refused():

@@ -89,6 +89,20 @@ class OrtRuntime(AddressedRuntime):
     def device(self) -> str:
         return self.device_type if self.device_type == "cpu" else f"cuda:{self.device_id}"
 
+    @property
+    def batches(self) -> bool:  # type: ignore[override]
+        """Frames of several videos in one call: graphs with a frame batch axis (exported since it exists),
+        on the CPU, where joining arrays is a host copy (on CUDA it would need a graph of its own)."""
+        frame = self.sessions["frame_encoder"].get_inputs()[0].shape
+        tokens = self.sessions["memory_reader"].get_inputs()[0].shape
+        return self.device_type == "cpu" and isinstance(frame[0], str) and isinstance(tokens[0], str)
+
+    def concat(self, arrays: Sequence[OrtArray], axis: int) -> OrtArray:
+        return self.upload(np.concatenate([self.download(array) for array in arrays], axis=axis))
+
+    def take(self, array: OrtArray, index: OrtArray) -> OrtArray:
+        return self.upload(self.download(array)[self.download(index)])
+
     def _wrap(self, value: Any, host: np.ndarray | None = None) -> OrtArray:
         dtype = np.dtype(host.dtype) if host is not None else _numpy_dtype(value.data_type())
         return OrtArray(value, tuple(value.shape()), dtype, 0, host)

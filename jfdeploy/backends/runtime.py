@@ -64,8 +64,20 @@ class StageRuntime:
         """The same (contiguous) memory under another shape of as many elements."""
         raise NotImplementedError
 
-    def rows_from(self, array: Array, start: int) -> Array:
-        """``array[start:]`` along axis 0, without a copy."""
+    def rows(self, array: Array, start: int, stop: int | None = None) -> Array:
+        """``array[start:stop]`` along axis 0, without a copy."""
+        raise NotImplementedError
+
+    # Runtimes that can put the frames of several videos through one stage call (``batches``) also join
+    # arrays and pick rows; the others run each video's stages in turn (``staged.segment_together``).
+    batches = False
+
+    def concat(self, arrays: Sequence[Array], axis: int) -> Array:
+        """The arrays joined along ``axis`` (a copy)."""
+        raise NotImplementedError
+
+    def take(self, array: Array, index: Array) -> Array:
+        """Rows ``index`` (int64 on the device) of ``array`` along axis 0 (a copy)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -89,9 +101,9 @@ class AddressedRuntime(StageRuntime):
             raise ValueError(f"cannot view {array.shape} as {shape}")
         return dataclasses.replace(array, shape=shape)
 
-    def rows_from(self, array: Array, start: int) -> Array:
+    def rows(self, array: Array, start: int, stop: int | None = None) -> Array:
         row = int(np.prod(array.shape[1:])) * array.dtype.itemsize
-        shape = (array.shape[0] - start, *array.shape[1:])
+        shape = ((array.shape[0] if stop is None else stop) - start, *array.shape[1:])
         return dataclasses.replace(array, shape=shape, offset=array.offset + start * row)
 
 

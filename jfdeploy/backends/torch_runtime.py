@@ -90,8 +90,16 @@ class TorchRuntime(StageRuntime):
     def view(self, array: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         return array.view(tuple(shape))
 
-    def rows_from(self, array: torch.Tensor, start: int) -> torch.Tensor:
-        return array[start:]
+    def rows(self, array: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        return array[start:stop]
+
+    batches = True
+
+    def concat(self, arrays: Sequence[torch.Tensor], axis: int) -> torch.Tensor:
+        return torch.cat(list(arrays), dim=axis)
+
+    def take(self, array: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return array.index_select(0, index)
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:

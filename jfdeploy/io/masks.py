@@ -47,8 +47,9 @@ def palette_array(palette: bytes | None = None) -> np.ndarray:
     return table.reshape(256, 3)
 
 
-def _rgb_to_labels(rgb: np.ndarray, path: Path) -> np.ndarray:
-    """Map an [H, W, 3] uint8 colour mask to labels through the davis palette, or raise InputError."""
+def colours_to_labels(rgb: np.ndarray, what: str) -> np.ndarray:
+    """Map an [H, W, 3] uint8 colour mask to labels through the DAVIS palette; InputError naming ``what``
+    (a path, "the mask") for a colour outside it."""
     keys = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
     colours, inverse = np.unique(keys, return_inverse=True)
     table = palette_array().astype(np.int32)
@@ -57,12 +58,39 @@ def _rgb_to_labels(rgb: np.ndarray, path: Path) -> np.ndarray:
     if unknown:
         first = unknown[0]
         raise InputError(
-            f"{path}: colour mask has {len(unknown)} colour(s) outside the DAVIS palette, e.g. "
+            f"{what}: colour mask has {len(unknown)} colour(s) outside the DAVIS palette, e.g. "
             f"RGB({first >> 16}, {(first >> 8) & 255}, {first & 255}); save it as a palette (mode P) "
             "or grayscale PNG whose pixel values are the object labels"
         )
     lut = np.array([label_of_key[int(c)] for c in colours], dtype=np.uint8)
     return lut[inverse.reshape(keys.shape)]
+
+
+def image_labels(image: Image.Image, what: str) -> tuple[np.ndarray, bytes | None]:
+    """The labels (uint8 [H, W]) and palette (mode P: RGB bytes, else None) of an opened label image.
+
+    Modes P (palette indices are the labels), L (gray values), 1 (0/1), LA/PA (the alpha is ignored),
+    I / I;16 (values in 0..255), RGB/RGBA whose colours all belong to the DAVIS palette (each colour
+    becomes its palette index). InputError naming ``what`` otherwise.
+    """
+    try:
+        image.load()
+        mode = image.mode
+        palette = image.getpalette() if mode in ("P", "PA") else None
+        if mode in ("PA", "LA"):
+            image = image.getchannel(0)
+        array = np.asarray(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise InputError(f"{what}: cannot read the mask image ({error})") from None
+    if mode in ("P", "PA", "L", "LA", "1"):
+        return array.astype(np.uint8), None if palette is None else bytes(palette)
+    if mode.startswith("I"):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise InputError(f"{what}: mask labels must lie in 0..255, got {array.min()}..{array.max()}")
+        return array.astype(np.uint8), None
+    if mode in ("RGB", "RGBA"):
+        return colours_to_labels(np.ascontiguousarray(array[..., :3]), what), None
+    raise InputError(f"{what}: mask image mode {mode!r} is not supported; use a palette (P) or grayscale PNG")
 
 
 def read_label_png(path: str | os.PathLike[str]) -> tuple[np.ndarray, bytes | None]:
@@ -85,19 +113,9 @@ def read_label_png(path: str | os.PathLike[str]) -> tuple[np.ndarray, bytes | No
         raise InputError(f"mask file not found: {path}")
     try:
         with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            palette = image.getpalette() if mode in ("P", "PA") else None
-            if mode in ("PA", "LA"):
-                image = image.getchannel(0)
-            array = np.asarray(image)
+            return image_labels(image, str(path))
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise InputError(f"{path}: cannot read the mask image ({error})") from None
-    if mode in ("P", "PA", "L", "LA", "1"):
-        return array.astype(np.uint8), None if palette is None else bytes(palette)
-    if mode in ("RGB", "RGBA"):
-        return _rgb_to_labels(np.ascontiguousarray(array[..., :3]), path), None
-    raise InputError(f"{path}: mask image mode {mode!r} is not supported; use a palette (P) or grayscale PNG")
 
 
 def write_label_png(path: str | os.PathLike[str], labels: np.ndarray, palette: bytes | None = None) -> Path:
