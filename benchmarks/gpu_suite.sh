@@ -15,9 +15,14 @@
 #   torch-free  the engine directory of the bench step through the torch-free runtime (torch blocked in the
 #            process: benchmarks/torch_free_bench.py) against the torch backend at 480p: onnxruntime on CUDA
 #            when onnxruntime-gpu is carried, tensorrt when TensorRT is present; skipped with the reason otherwise
+#   serve    `jfdeploy serve` under load (benchmarks/serve_load.py): 1, 2, 4, 8 clients streaming at once, the
+#            tiny model then the published shapes at 480p (854x480 frames): frames/s per session, p50 / p99
+#            latency, mean batch size, server memory, and 4 / 8 clients at 480p with --max-batch 1 (unbatched);
+#            needs the serve extra (starlette, uvicorn, ...)
 # The whole run ends within --budget seconds (default 470): each step has its own `timeout`, cut to the time
 # left. At most 8 files are written under $OUT, each stamped with the device name and the date:
-#   env.txt, tests.log, kernel.json (table + log), bench.json (rows + log, torch-free rows too), bench.md, summary.md
+#   env.txt, tests.log, kernel.json (table + log), bench.json (rows + log, torch-free rows too), bench.md,
+#   serve.json (rows + log), summary.md
 # --dry-run: decide every step (imports checked, reasons written) but run nothing heavy; with
 #   SUITE_PRETEND_CUDA=1 it walks the decisions of a GPU machine (a check of this script on a CPU).
 # --tiny: run every step at toy sizes on whatever device there is (a CPU check of this script's plumbing).
@@ -34,7 +39,7 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1; shift ;;
     --tiny) TINY=1; shift ;;
     --budget) BUDGET="${2:?--budget needs seconds}"; shift 2 ;;
-    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -138,7 +143,7 @@ fi
 
 # ---- what is there: one Python process imports every module the steps need --------------------------------------
 MODULES="torch triton numpy onnx onnxruntime onnxconverter_common onnxslim polygraphy tensorrt av matplotlib pynvml
-pytest jfdeploy jfdeploy.kernels jfdeploy.export"
+pytest jfdeploy jfdeploy.kernels jfdeploy.export starlette uvicorn prometheus_client websockets requests"
 probe_py='
 import importlib, importlib.metadata, platform, sys
 work, modules = sys.argv[1], sys.argv[2].split()
@@ -329,6 +334,27 @@ if [ ${#free_variants[@]} -gt 0 ]; then
     --variants "$(IFS=,; echo "${free_variants[*]}")" "${free_args[@]}" --json "$WORK/torch_free.json"
 fi
 
+# ---- serve: jfdeploy serve under load ---------------------------------------------------------------------------
+SERVE_LOG="$WORK/serve.log"
+: > "$SERVE_LOG"
+serve_load=("$PY" "$REPO/benchmarks/serve_load.py" --clients 1,2,4,8 --transport stream)
+if [ "$HAS_JF" != yes ] || ! have starlette uvicorn prometheus_client websockets requests; then
+  record serve skipped 0 "needs jfdeploy and the serve extra (starlette, uvicorn, prometheus_client, websockets, requests)"
+elif [ "$TINY" = 1 ]; then  # plumbing check on whatever device there is
+  run_step serve-tiny 90 "$SERVE_LOG" "${serve_load[@]}" --tiny --clients 1,2 --frames 6 --fps 10 \
+    --json "$WORK/serve_tiny.json"
+elif [ "$CUDA" != yes ]; then
+  record serve skipped 0 "no CUDA device: the serve rows are GPU figures (CPU: benchmarks/serve_load.py --tiny)"
+else
+  run_step serve-tiny 60 "$SERVE_LOG" "${serve_load[@]}" --tiny --device cuda --frames 20 --fps 30 \
+    --json "$WORK/serve_tiny.json"
+  run_step serve-480p 120 "$SERVE_LOG" "${serve_load[@]}" --device cuda --size 480 --height 480 --width 854 \
+    --frames 20 --fps 10 --json "$WORK/serve_480p.json"
+  # the same streams one frame at a time (--max-batch 1): what cross-stream batching gains on this GPU
+  run_step serve-480p-unbatched 60 "$SERVE_LOG" "${serve_load[@]}" --device cuda --size 480 --height 480 --width 854 \
+    --clients 4,8 --frames 10 --fps 10 --max-batch 1 --json "$WORK/serve_480p_unbatched.json"
+fi
+
 # ---- merge into $OUT, summary --------------------------------------------------------------------------------------
 record total "done" "$(elapsed)" "suite budget ${BUDGET}s"
 STAMP="$STAMP" WORK="$WORK" OUT="$OUT" DRY="$DRY" "$PY" - << 'EOF'
@@ -385,6 +411,11 @@ if rows or bench_log or torch_free:
         lines.append("")
     lines += ["## log (last 60 lines)", "", "```", *bench_log.splitlines()[-60:], "```", ""]
     (out / "bench.md").write_text("\n".join(lines))
+
+serve = {"device": device, "date": date, "tiny": load("serve_tiny.json"), "480p": load("serve_480p.json"),
+         "480p_unbatched": load("serve_480p_unbatched.json"), "log": read("serve.log")}
+if serve["tiny"] or serve["480p"] or serve["log"]:
+    (out / "serve.json").write_text(json.dumps(serve, indent=2) + "\n")
 
 steps = [line.split("\t") for line in read("steps.tsv").splitlines() if line]
 summary = ["# jfdeploy GPU suite", "", stamp, "", "| step | status | seconds | note |", "| --- | --- | --- | --- |"]

@@ -60,7 +60,7 @@ def test_dry_run_without_cuda_skips_every_gpu_step_with_its_reason(tmp_path):
     names = {p.name for p in check_files(tmp_path / "out")}
     assert {"env.txt", "summary.md"} <= names
     assert steps["env"][0] == "ok"
-    for step in ("tests", "kernel", "bench"):
+    for step in ("tests", "kernel", "bench", "serve"):
         status, note = steps[step]
         assert status == "skipped" and "no CUDA device" in note, (step, status, note)
     assert steps["wheels"] == ("skipped", "no wheel folder given (--wheels DIR or WHEELS=DIR) or no .whl in it")
@@ -85,6 +85,9 @@ def test_dry_run_pretending_cuda_lists_what_a_gpu_machine_runs(tmp_path):
         status, note = steps[f"bench-ours{refs}"]
         expected = f"bench --refs {refs} --backends eager,eager-fp16,torch,torch-fp16,torch-bf16"
         assert status == "dry-run" and expected in note
+    status, note = steps["serve-480p"]
+    assert status == "dry-run" and "serve_load.py --clients 1,2,4,8" in note and "--size 480" in note
+    assert steps["serve-tiny"][0] == "dry-run" and "--tiny --device cuda" in steps["serve-tiny"][1]
     if not _imports("tensorrt"):
         assert steps["bench tensorrt"][0] == "skipped" and steps["tests-tensorrt"][0] == "skipped"
     assert steps["bench onnxruntime"][0] == "skipped" and "CUDAExecutionProvider" in steps["bench onnxruntime"][1]

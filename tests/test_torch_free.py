@@ -1,6 +1,6 @@
 """Engine directories run where torch is not installed: a second virtual environment with the runtime extra.
 
-``.ci/run`` builds it (``pip install --no-deps .`` plus the runtime and video packages, see the README) and
+``.ci/run`` builds it (``pip install --no-deps .`` plus the runtime, video and serve packages, see the README) and
 names its Python in ``JFDEPLOY_TORCH_FREE_PYTHON``. The engine directory is exported here, with torch; the
 commands run there, in subprocesses, and their masks are compared with the torch backend's run of the same
 stages in this process. Graphs are float32 (export refuses other models), so the comparison is float32's:
@@ -179,3 +179,37 @@ def test_errors_are_one_line_with_the_usual_exit_codes(clip, tiny_engines32, tmp
         assert "needs PyTorch" in needs.stderr.strip().splitlines()[-1]
     info = jfdeploy_free("info")
     assert info.returncode == 0 and "torch not installed" in info.stdout and "onnxruntime" in info.stdout
+
+
+def test_serve_an_engine_directory_without_torch_equals_the_torch_backend(clip, tiny_model, tiny_engines32):
+    """``jfdeploy serve --engines DIR`` in the torch-free environment: a session over HTTP (an object added at
+    frame 3) and one over the WebSocket stream give the torch backend's masks of the same frames."""
+    from serve_support import ServerProcess
+
+    from jfdeploy.client import Session
+
+    root, _, labels, first = clip
+    added = np.where(labels[3] == 3, 3, 0).astype(np.uint8)
+    frames = [rgb for _, rgb in open_frames(root / "jpegs")]
+    assert PYTHON is not None
+    env = {**os.environ, "PATH": str(Path(PYTHON).parent) + os.pathsep + os.environ.get("PATH", "")}
+    env.pop("PYTHONPATH", None)
+    server = ServerProcess("--engines", str(tiny_engines32), "--threads", "1", *OPTIONS, python=PYTHON, env=env,
+                           cwd=Path(PYTHON).parent)  # fmt: skip
+    try:
+        assert "backend onnxruntime on cpu" in server.log()
+        with Session.create(server.url) as session:
+            assert session.options["variant"] == "onnxruntime"
+            got = [session.step(rgb, {0: first, 3: added}.get(t)) for t, rgb in enumerate(frames)]
+        with Session.create(server.url) as session:
+            streamed = list(session.stream(frames, {0: first}))
+    finally:
+        server.stop()
+    expected = _torch_labels(tiny_model, frames, {0: first, 3: added})
+    assert (expected[4] == 3).any()  # the added object is tracked
+    for t, (labels_t, reference) in enumerate(zip(got, expected, strict=True)):
+        assert np.mean(labels_t != reference) <= LABEL_DISAGREEMENT, f"http frame {t}"
+    for t, (labels_t, reference) in enumerate(
+        zip(streamed, _torch_labels(tiny_model, frames, {0: first}), strict=True)
+    ):
+        assert np.mean(labels_t != reference) <= LABEL_DISAGREEMENT, f"stream frame {t}"

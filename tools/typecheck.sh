@@ -7,7 +7,7 @@ tree="$(mktemp -d)"
 trap 'rm -rf "$tree"' EXIT
 mkdir "$tree/jfdeploy"
 for entry in "$repo"/jfdeploy/*; do
-  case "$(basename "$entry")" in __pycache__) continue ;; esac
+  case "$(basename "$entry")" in __pycache__ | kernels | export) continue ;; esac
   ln -s "$entry" "$tree/jfdeploy/"
 done
 ln -s "$repo/kernels" "$tree/jfdeploy/kernels"

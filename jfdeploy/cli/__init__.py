@@ -2,6 +2,7 @@
 
     jfdeploy run VIDEO_OR_FOLDER --mask FIRST_MASK.png --out masks/ [--checkpoint CKPT]
     jfdeploy demo --out demo/          # a generated clip, end to end, random weights
+    jfdeploy serve --port 8000         # HTTP / WebSocket server for many streams at once
     jfdeploy info                      # versions, devices, optional backends present
 
 Every verb keeps one contract: an error a user can cause ends in one line on stderr (no traceback)
@@ -16,7 +17,7 @@ import argparse
 import sys
 
 from jfdeploy import fsutil
-from jfdeploy.cli import bench, evaluation, export, info, run
+from jfdeploy.cli import bench, evaluation, export, info, run, serve
 from jfdeploy.cli.common import Parser, given_options
 from jfdeploy.errors import EXIT_USAGE, exit_status
 
@@ -32,6 +33,7 @@ VERBS = (
     evaluation.add_compare_parser,
     export.add_build_parser,
     export.add_kernels_parser,
+    serve.add_serve_parser,
     info.add_info_parser,
 )
 
