@@ -75,6 +75,14 @@ def tiny_model64(tiny_model) -> jfdeploy.JointFormer:
     return copy.deepcopy(tiny_model).double()
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
+    """``tiny_model`` saved as a checkpoint (the commands read its architecture from the tensor shapes)."""
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pth"
+    jfdeploy.save_checkpoint(tiny_model, path)
+    return path
+
+
 def _export(model: jfdeploy.JointFormer, out: Path, precision: str, slim: bool = True) -> Path:
     pytest.importorskip("onnx", reason="ONNX export needs: pip install 'jfdeploy[onnx]'")
     from jfdeploy.export.onnx_export import export_engines

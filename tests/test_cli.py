@@ -15,14 +15,6 @@ from jfdeploy.io import make_clip, write_clip_folder, write_clip_video, write_la
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory):
-    """The tiny model's checkpoint: the command reads its architecture from the tensor shapes."""
-    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
-    jfdeploy.save_checkpoint(tiny_model, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """A 4-frame clip whose objects carry the labels 3 and 7 (labels must survive the run)."""
     root = tmp_path_factory.mktemp("clip")
@@ -33,10 +25,10 @@ def clip(tmp_path_factory):
     return {"root": root, "frames": frames, "labels": labels, "folder": images, "mask": mask}
 
 
-def run_args(clip, checkpoint, out, *extra: str) -> list[str]:
+def run_args(clip, tiny_checkpoint, out, *extra: str) -> list[str]:
     """`jfdeploy run` on the clip's frame folder at the original size, quiet."""
     return ["run", str(clip["folder"]), "--mask", str(clip["mask"]), "--out", str(out),
-            "--checkpoint", str(checkpoint), "--size", "0", "--quiet", *extra]  # fmt: skip
+            "--checkpoint", str(tiny_checkpoint), "--size", "0", "--quiet", *extra]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -65,9 +57,9 @@ def read_labels(path):
 
 
 @pytest.mark.parametrize("backend", ["torch", "eager"])
-def test_run_on_a_frame_folder(clip, checkpoint, tmp_path, backend):
+def test_run_on_a_frame_folder(clip, tiny_checkpoint, tmp_path, backend):
     out = tmp_path / "masks"
-    code = main(run_args(clip, checkpoint, out, "--backend", backend, "--topk", "20"))
+    code = main(run_args(clip, tiny_checkpoint, out, "--backend", backend, "--topk", "20"))
     assert code == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == ["00000.png", "00001.png", "00002.png", "00003.png"]
@@ -79,7 +71,7 @@ def test_run_on_a_frame_folder(clip, checkpoint, tmp_path, backend):
         assert set(np.unique(labels)) <= {0, 3, 7}
 
 
-def test_run_on_a_video_with_resize_and_overlay(clip, checkpoint, tmp_path):
+def test_run_on_a_video_with_resize_and_overlay(clip, tiny_checkpoint, tmp_path):
     video = write_clip_video(tmp_path / "clip.mp4", clip["frames"])
     out, overlay = tmp_path / "masks", tmp_path / "overlay.mp4"
     code = main(
@@ -91,7 +83,7 @@ def test_run_on_a_video_with_resize_and_overlay(clip, checkpoint, tmp_path):
             "--out",
             str(out),
             "--checkpoint",
-            str(checkpoint),
+            str(tiny_checkpoint),
             "--size",
             "32",
             "--overlay",
@@ -123,9 +115,9 @@ def error_of(args, capsys) -> str:
     return message
 
 
-def test_bad_inputs_fail_cleanly(clip, checkpoint, tmp_path, capsys):
+def test_bad_inputs_fail_cleanly(clip, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
-    base = ["--out", str(out), "--checkpoint", str(checkpoint), "--quiet"]
+    base = ["--out", str(out), "--checkpoint", str(tiny_checkpoint), "--quiet"]
     folder, mask = str(clip["folder"]), str(clip["mask"])
     assert "input not found" in error_of(["run", str(tmp_path / "missing.mp4"), "--mask", mask, *base], capsys)
     broken = tmp_path / "broken.mp4"
@@ -141,25 +133,25 @@ def test_bad_inputs_fail_cleanly(clip, checkpoint, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_failure_mid_video_leaves_no_output(clip, checkpoint, tmp_path, capsys):
+def test_failure_mid_video_leaves_no_output(clip, tiny_checkpoint, tmp_path, capsys):
     folder = tmp_path / "frames"
     folder.mkdir()
     for path in sorted(clip["folder"].iterdir()):
         (folder / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "out"
     (folder / "00002.jpg").write_bytes(b"\xff\xd8 truncated")  # unreadable third frame
-    code = main(run_args({**clip, "folder": folder}, checkpoint, out))
+    code = main(run_args({**clip, "folder": folder}, tiny_checkpoint, out))
     capsys.readouterr()
     assert code == 2
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["frames"]
 
 
-def test_refuses_to_overwrite_results(clip, checkpoint, tmp_path, capsys):
+def test_refuses_to_overwrite_results(clip, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    args = run_args(clip, checkpoint, out)
+    args = run_args(clip, tiny_checkpoint, out)
     assert "--overwrite" in error_of(args, capsys)
     assert (out / "keep.txt").read_text() == "mine"
     assert main([*args, "--overwrite"]) == 0

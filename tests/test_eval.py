@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from test_datasets import _make_davis2017, _make_youtube
 
-import jfdeploy
 from conftest import TINY_TOPK
 from jfdeploy.cli import main
 from jfdeploy.datasets import davis
@@ -18,21 +17,14 @@ from jfdeploy.io import make_clip, read_label_png
 from jfdeploy.predictor import VideoPredictor
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
-    jfdeploy.save_checkpoint(tiny_model, path)
-    return path
-
-
-def eval_args(dataset, root, out, checkpoint, *extra):
-    return ["eval", "--dataset", dataset, "--root", str(root), "--out", str(out), "--checkpoint", str(checkpoint),
+def eval_args(dataset, root, out, tiny_checkpoint, *extra):
+    return ["eval", "--dataset", dataset, "--root", str(root), "--out", str(out), "--checkpoint", str(tiny_checkpoint),
             "--topk", str(TINY_TOPK), "--size", "0", "--quiet", *extra]  # fmt: skip
 
 
-def test_davis_eval_scores_resumes_and_compares(checkpoint, tmp_path, capsys):
+def test_davis_eval_scores_resumes_and_compares(tiny_checkpoint, tmp_path, capsys):
     root, out = _make_davis2017(tmp_path / "DAVIS", frames=4), tmp_path / "out"
-    assert main(eval_args("davis2017", root, out, checkpoint)) == 0
+    assert main(eval_args("davis2017", root, out, tiny_checkpoint)) == 0
     assert "2 sequence(s) segmented" in capsys.readouterr().out
     for seq in ("car", "bike"):
         names = sorted(p.name for p in (out / "masks" / seq).iterdir())
@@ -46,10 +38,10 @@ def test_davis_eval_scores_resumes_and_compares(checkpoint, tmp_path, capsys):
     assert [r["sequence"] for r in rows] == ["bike", "car"]
 
     # resumable: nothing to do, then one missing mask makes its sequence run again
-    assert main(eval_args("davis2017", root, out, checkpoint)) == 0
+    assert main(eval_args("davis2017", root, out, tiny_checkpoint)) == 0
     assert "0 sequence(s) segmented, 2 already complete" in capsys.readouterr().out
     (out / "masks" / "bike" / "00002.png").unlink()
-    assert main(eval_args("davis2017", root, out, checkpoint)) == 0
+    assert main(eval_args("davis2017", root, out, tiny_checkpoint)) == 0
     assert "1 sequence(s) segmented, 1 already complete" in capsys.readouterr().out
 
     assert (
@@ -61,9 +53,9 @@ def test_davis_eval_scores_resumes_and_compares(checkpoint, tmp_path, capsys):
     assert "J&F" in capsys.readouterr().out
 
 
-def test_youtube_eval_handles_objects_appearing_later(checkpoint, tmp_path, capsys):
+def test_youtube_eval_handles_objects_appearing_later(tiny_checkpoint, tmp_path, capsys):
     root, out = _make_youtube(tmp_path / "YTVOS"), tmp_path / "out"
-    assert main(eval_args("youtubevos2019", root, out, checkpoint)) == 0
+    assert main(eval_args("youtubevos2019", root, out, tiny_checkpoint)) == 0
     written = sorted(p.name for p in (out / "Annotations" / "vidA").iterdir())
     assert written == ["00000.png", "00005.png", "00010.png", "00015.png"]  # only the frames the benchmark scores
     appears, _ = read_label_png(out / "Annotations" / "vidA" / "00010.png")
@@ -108,10 +100,10 @@ def test_eval_sequence_loop_matches_the_predictor(tiny_model, tmp_path):
         np.testing.assert_array_equal(looped[index], expected)
 
 
-def test_bad_eval_input(checkpoint, tmp_path, capsys):
-    assert main(eval_args("davis2017", tmp_path / "nowhere", tmp_path / "out", checkpoint)) == 2
+def test_bad_eval_input(tiny_checkpoint, tmp_path, capsys):
+    assert main(eval_args("davis2017", tmp_path / "nowhere", tmp_path / "out", tiny_checkpoint)) == 2
     root = _make_davis2017(tmp_path / "DAVIS", frames=2)
-    assert main(eval_args("davis2017", root, tmp_path / "out", checkpoint, "--sequences", "train")) == 2
-    assert main(eval_args("generic", root, tmp_path / "out", checkpoint)) == 2
+    assert main(eval_args("davis2017", root, tmp_path / "out", tiny_checkpoint, "--sequences", "train")) == 2
+    assert main(eval_args("generic", root, tmp_path / "out", tiny_checkpoint)) == 2
     err = capsys.readouterr().err
     assert "unknown sequences ['train']" in err and "--mask" in err

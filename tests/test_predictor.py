@@ -27,13 +27,6 @@ SETTINGS = {"mem_every": 2, "max_memory_frames": 2, "sizes": (None,)}  # tiny_en
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pth"
-    jfdeploy.save_checkpoint(tiny_model, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> dict:
     """A 6-frame clip; object 1 given on frame 0, object 2 only from frame 3 on (a mask folder)."""
     root = tmp_path_factory.mktemp("clip")
@@ -68,11 +61,13 @@ def run_command(tmp_path: Path, clip: dict, *args) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-def test_predictor_equals_run_bit_for_bit_torch(tiny_model, checkpoint, clip, tmp_path):
+def test_predictor_equals_run_bit_for_bit_torch(tiny_model, tiny_checkpoint, clip, tmp_path):
     by_hand = predict_by_hand(VideoPredictor(tiny_model, backend="torch", **SETTINGS), clip)
     assert not (by_hand[ADDED_AT - 1] == 2).any() and (by_hand[ADDED_AT] == 2).any()  # object 2 starts at frame 3
     assert (by_hand[-1] == 1).any() and (by_hand[-1] == 2).any()
-    from_run = run_command(tmp_path, clip, "--checkpoint", checkpoint, "--topk", str(TINY_TOPK), "--backend", "torch")
+    from_run = run_command(
+        tmp_path, clip, "--checkpoint", tiny_checkpoint, "--topk", str(TINY_TOPK), "--backend", "torch"
+    )
     for index, (mine, theirs) in enumerate(zip(by_hand, from_run, strict=True)):
         np.testing.assert_array_equal(mine, theirs, err_msg=f"frame {index}")
 

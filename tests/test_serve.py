@@ -30,7 +30,6 @@ from serve_support import (
     server_env,
 )
 
-import jfdeploy
 from jfdeploy.client import ServerError, Session, encode_image, encode_mask
 from jfdeploy.io import write_label_png
 from jfdeploy.serve.metrics import METRIC_NAMES
@@ -40,16 +39,9 @@ MAX_BODY_MB = 0.05  # 52 kB: a 48 x 64 frame is a few kB, an oversize body is ea
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("serve-ckpt") / "tiny.pth"
-    jfdeploy.save_checkpoint(tiny_model, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(checkpoint):
+def server(tiny_checkpoint):
     """One server for this file's tests (sessions are independent of each other)."""
-    process = ServerProcess("--checkpoint", str(checkpoint), *SESSION_ARGS, "--threads", "1", "--max-batch", "8",
+    process = ServerProcess("--checkpoint", str(tiny_checkpoint), *SESSION_ARGS, "--threads", "1", "--max-batch", "8",
                             "--max-body-mb", str(MAX_BODY_MB), env=server_env())  # fmt: skip
     try:
         yield process
@@ -66,9 +58,9 @@ def png(array: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------------------------------ fast tier
 
 
-def test_a_session_equals_jfdeploy_run_over_raw_multipart_and_probabilities(server, checkpoint, tmp_path):
+def test_a_session_equals_jfdeploy_run_over_raw_multipart_and_probabilities(server, tiny_checkpoint, tmp_path):
     clip = clip_folder(tmp_path / "clip", seed=5)
-    expected = run_masks(checkpoint, clip["folder"], clip["mask"], tmp_path / "run")
+    expected = run_masks(tiny_checkpoint, clip["folder"], clip["mask"], tmp_path / "run")
     frames, first = clip["frames"], clip["labels"][0]
     with Session.create(server.url, size=0, mem_every=2) as session:
         assert session.options["size"] == 0 and session.options["mem_every"] == 2
@@ -98,9 +90,9 @@ def test_a_session_equals_jfdeploy_run_over_raw_multipart_and_probabilities(serv
     assert_one_line_error(gone, 404, "no session")  # closed by the context manager
 
 
-def test_bad_inputs_are_one_line_4xx_and_harm_neither_session_nor_server(server, checkpoint, tmp_path):
+def test_bad_inputs_are_one_line_4xx_and_harm_neither_session_nor_server(server, tiny_checkpoint, tmp_path):
     clip = clip_folder(tmp_path / "clip", seed=6)
-    expected = run_masks(checkpoint, clip["folder"], clip["mask"], tmp_path / "run")
+    expected = run_masks(tiny_checkpoint, clip["folder"], clip["mask"], tmp_path / "run")
     frames, first = clip["frames"], clip["labels"][0]
     url = server.url
     with Session.create(url, max_objects=3) as session:
@@ -190,9 +182,9 @@ def test_the_page_is_html(server):
 
 
 @pytest.mark.parametrize("transport", [pytest.param("http", marks=pytest.mark.slow), "stream"])
-def test_eight_concurrent_sessions_each_equal_jfdeploy_run(server, checkpoint, tmp_path, transport):
+def test_eight_concurrent_sessions_each_equal_jfdeploy_run(server, tiny_checkpoint, tmp_path, transport):
     clips = [clip_folder(tmp_path / f"clip{i}", seed=20 + i, frames=5) for i in range(8)]
-    expected = [run_masks(checkpoint, c["folder"], c["mask"], tmp_path / f"run{i}") for i, c in enumerate(clips)]
+    expected = [run_masks(tiny_checkpoint, c["folder"], c["mask"], tmp_path / f"run{i}") for i, c in enumerate(clips)]
     results: dict[int, list[np.ndarray]] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(8, timeout=60)
@@ -232,7 +224,7 @@ def test_eight_concurrent_sessions_each_equal_jfdeploy_run(server, checkpoint, t
 
 
 @pytest.mark.slow
-def test_an_object_added_mid_video_equals_jfdeploy_run_with_a_mask_folder(server, checkpoint, tmp_path):
+def test_an_object_added_mid_video_equals_jfdeploy_run_with_a_mask_folder(server, tiny_checkpoint, tmp_path):
     clip = clip_folder(tmp_path / "clip", seed=9, frames=5, objects=3)
     labels = clip["labels"]
     first = np.where(labels[0] == 11, 0, labels[0]).astype(np.uint8)  # object 11 starts at frame 2
@@ -240,7 +232,7 @@ def test_an_object_added_mid_video_equals_jfdeploy_run_with_a_mask_folder(server
     masks = tmp_path / "masks"
     write_label_png(masks / "00000.png", first)
     write_label_png(masks / "00002.png", added)
-    expected = run_masks(checkpoint, clip["folder"], masks, tmp_path / "run")
+    expected = run_masks(tiny_checkpoint, clip["folder"], masks, tmp_path / "run")
     assert not (expected[1] == 11).any() and (expected[3] == 11).any()  # tracked from frame 2 on
     frames = clip["frames"]
     with Session.create(server.url) as session:
@@ -253,12 +245,12 @@ def test_an_object_added_mid_video_equals_jfdeploy_run_with_a_mask_folder(server
 
 
 @pytest.mark.slow
-def test_stream_reports_a_bad_frame_in_order_and_goes_on(server, checkpoint, tmp_path):
+def test_stream_reports_a_bad_frame_in_order_and_goes_on(server, tiny_checkpoint, tmp_path):
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     clip = clip_folder(tmp_path / "clip", seed=12, frames=4)
-    expected = run_masks(checkpoint, clip["folder"], clip["mask"], tmp_path / "run")
+    expected = run_masks(tiny_checkpoint, clip["folder"], clip["mask"], tmp_path / "run")
     frames = clip["frames"]
     with Session.create(server.url) as session:
         ws_url = "ws" + server.url[4:] + f"/sessions/{session.id}/stream"

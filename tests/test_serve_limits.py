@@ -28,27 +28,19 @@ from serve_support import (
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-import jfdeploy
 from jfdeploy.client import ServerError, Session, decode_labels, encode_image, encode_mask
 from jfdeploy.predictor import VideoPredictor
 
 pytestmark = pytest.mark.slow  # each test starts its own server (seconds on 2 cores)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("serve-ckpt") / "tiny.pth"
-    jfdeploy.save_checkpoint(tiny_model, path)
-    return path
-
-
 @pytest.fixture
-def start_server(checkpoint):
+def start_server(tiny_checkpoint):
     """start_server(*options): a server of the tiny model with the tests' session options; killed at the end."""
     started: list[ServerProcess] = []
 
     def start(*options: str) -> ServerProcess:
-        process = ServerProcess("--checkpoint", str(checkpoint), *SESSION_ARGS, "--threads", "1", *options,
+        process = ServerProcess("--checkpoint", str(tiny_checkpoint), *SESSION_ARGS, "--threads", "1", *options,
                                 env=server_env())  # fmt: skip
         started.append(process)
         return process
@@ -70,11 +62,11 @@ def ws_url(url: str, session_id: str, query: str = "") -> str:
     return "ws" + url[len("http") :] + f"/sessions/{session_id}/stream" + query
 
 
-def test_idle_sessions_are_evicted_and_max_sessions_answers_503(start_server, checkpoint, tmp_path):
+def test_idle_sessions_are_evicted_and_max_sessions_answers_503(start_server, tiny_checkpoint, tmp_path):
     server = start_server("--session-ttl", "1", "--max-sessions", "2")
     url = server.url
     clip = clip_folder(tmp_path / "clip", seed=31, frames=4)
-    expected = run_masks(checkpoint, clip["folder"], clip["mask"], tmp_path / "run")
+    expected = run_masks(tiny_checkpoint, clip["folder"], clip["mask"], tmp_path / "run")
     frames = clip["frames"]
 
     idle = Session.create(url)
@@ -168,13 +160,13 @@ def test_a_full_queue_answers_429_and_the_accepted_frames_stay_correct(start_ser
     other.close()
 
 
-def test_sigterm_drains_requests_in_flight_then_exits_0(start_server, checkpoint, tmp_path):
+def test_sigterm_drains_requests_in_flight_then_exits_0(start_server, tiny_checkpoint, tmp_path):
     # a batch waits up to 2.5 s for the frames of every open session: with an idle session open, the frames sent
     # below are all in flight when SIGTERM comes
     server = start_server("--max-batch", "8", "--max-wait-ms", "2500", "--drain-timeout", "30")
     url = server.url
     clip = clip_folder(tmp_path / "clip", seed=33, frames=5)
-    expected = run_masks(checkpoint, clip["folder"], clip["mask"], tmp_path / "run")
+    expected = run_masks(tiny_checkpoint, clip["folder"], clip["mask"], tmp_path / "run")
     frames, first = clip["frames"], clip["labels"][0]
     Session.create(url)  # idle
     streamed = Session.create(url)

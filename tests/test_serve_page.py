@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from serve_support import SESSION_ARGS, ServerProcess, server_env
 
-import jfdeploy
 from jfdeploy.io import make_clip, write_clip_video, write_label_png
 from jfdeploy.io.masks import palette_array
 
@@ -50,16 +49,14 @@ def browser_ready():
         pytest.skip(missing)
 
 
-def test_the_page_streams_a_video_and_draws_its_masks(browser_ready, tiny_model, tmp_path):
-    checkpoint = tmp_path / "tiny.pth"
-    jfdeploy.save_checkpoint(tiny_model, checkpoint)
+def test_the_page_streams_a_video_and_draws_its_masks(browser_ready, tiny_checkpoint, tmp_path):
     frames, labels = make_clip(num_frames=FRAMES, height=64, width=96, num_objects=1, seed=4)
     video = write_clip_video(tmp_path / "clip.mp4", frames, fps=FPS)
     mask = write_label_png(tmp_path / "first.png", labels[0])
     inside = np.argwhere(labels[0] == 1)[len(np.argwhere(labels[0] == 1)) // 2]  # (y, x) in the object
     outside = np.argwhere(labels[0] == 0)[0]
     points = [[int(inside[1]), int(inside[0])], [int(outside[1]), int(outside[0])]]
-    server = ServerProcess("--checkpoint", str(checkpoint), *SESSION_ARGS, "--threads", "1", env=server_env())
+    server = ServerProcess("--checkpoint", str(tiny_checkpoint), *SESSION_ARGS, "--threads", "1", env=server_env())
     try:
         screenshot = tmp_path / "page.png"
         command = ["node", str(BROWSER_DIR / "page_check.mjs"), server.url + "/", str(video), str(mask),

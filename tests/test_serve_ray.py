@@ -75,14 +75,7 @@ def dataclass_replace_topk(policy: SessionPolicy) -> SessionPolicy:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ray_serve_ckpt") / "model.pth"
-    jfdeploy.save_checkpoint(tiny_model, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def cluster(checkpoint):
+def cluster(tiny_checkpoint):
     """Two replicas (0.5 CPU each) and the ingress on a 2-CPU Ray instance: (ingress handle, URL)."""
     kept_env = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SOURCE_ROOT, kept_env]))  # Ray's workers inherit it
@@ -90,7 +83,7 @@ def cluster(checkpoint):
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024, log_to_driver=False,
              logging_level=logging.WARNING)  # fmt: skip
     try:
-        spec = WorkerSpec(checkpoint=str(checkpoint), model_kwargs={"topk": TINY_TOPK},
+        spec = WorkerSpec(checkpoint=str(tiny_checkpoint), model_kwargs={"topk": TINY_TOPK},
                           options=_policy().defaults, threads=1)  # fmt: skip
         config = ServeConfig(policy=_policy(), max_sessions=8, max_wait_ms=0.0)
         app = ray_serve.build_app(config, spec, replicas=2, replica_cpus=0.5)
