@@ -296,7 +296,9 @@ def worker_processes() -> list[multiprocessing.Process]:
 
 @pytest.mark.slow
 def test_killed_worker_video_is_retried_once_and_written_once(clips, spec, reference, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv(SLOW_FRAMES_ENV, "0.15")
+    # A second per frame: each video lasts seconds, so both workers are mid-video at once even when one
+    # of them starts seconds after the other on a loaded machine.
+    monkeypatch.setenv(SLOW_FRAMES_ENV, "1.0")
     out = tmp_path / "out"
     jobs = [job for job in good_jobs(clips) if job.name != "beta"]  # two videos: both workers busy at once
     thread, box = run_in_thread(jobs, out, spec, workers=2, progress=False)

@@ -8,11 +8,14 @@ runtime needs: ``DeviceArray`` (allocation, host copies), ``DeviceView`` (a type
 ``Stream``. pycuda needs a build against the local CUDA toolkit; cuda-python would add a dependency for
 the same three calls.
 
-Arrays are ``DeviceView`` objects (address, shape, dtype) whose memory is owned by a ``DeviceArray`` kept
-alive with them. A stage call sets the input shapes and addresses, lets the context infer the output
-shapes, allocates each output (a fresh ``DeviceArray``: one allocation per output per call; a pool is not
-written yet), enqueues the plan on the runtime's stream and returns without synchronizing: the next stage
-runs on the same stream, and only a download waits for it. Every optimization profile of a plan is one
+Arrays are ``TrtArray`` (address, shape, dtype) holding the block of device memory they view. A stage call
+sets the input shapes and addresses, lets the context infer the output shapes, takes each output from the
+runtime's ``DevicePool`` (``jfdeploy.backends.device_pool``: blocks reused by size once their arrays are
+dropped, so a steady frame allocates nothing; raw ``DeviceArray`` allocations underneath), enqueues the
+plan on the runtime's stream and returns without synchronizing: the next stage runs on the same stream,
+and only a download waits for it. The memory write's outputs are fresh blocks too (TensorRT does not
+document an output bound to its input's memory), and the blocks of the memory it replaces go back to the
+pool. Every optimization profile of a plan is one
 resolution bucket (``jfdeploy.plans``); a call picks one that holds its input shapes. Not run here: this
 machine has no TensorRT and no GPU; the code follows TensorRT 10 / 11's Python API.
 """
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from jfdeploy import specs
+from jfdeploy.backends.device_pool import DevicePool
 from jfdeploy.backends.runtime import NUMPY_DTYPES, AddressedRuntime
 from jfdeploy.devices import Device, cuda_device_name
 from jfdeploy.errors import InputError
@@ -36,13 +40,13 @@ from jfdeploy.plans import manifest_profiles, polygraphy_errors, select_profile
 
 @dataclass
 class TrtArray:
-    """``shape`` elements of ``dtype`` at byte ``offset`` from ``base`` on the device; ``owner`` (a Polygraphy
-    DeviceArray) keeps the memory alive."""
+    """``shape`` elements of ``dtype`` at byte ``offset`` from ``base`` on the device; ``owner`` keeps the
+    memory from being handed out again."""
 
     base: int
     shape: tuple[int, ...]
     dtype: np.dtype
-    owner: Any = None
+    owner: Any = None  # the pool's Block (kept alive by every view of it)
     offset: int = 0
 
     @property
@@ -91,6 +95,8 @@ class TrtRuntime(AddressedRuntime):
         self.memory_float = self.model_float
         self.stages: dict[str, TrtStage] = {}
         self.stream: Any = None
+        self.pool = DevicePool(lambda nbytes: cuda.DeviceArray.raw((nbytes,)), lambda memory: memory.free(),
+                               error=_cuda_errors())  # fmt: skip
 
     def load(self) -> None:
         """Deserialize every plan (after the manifest's plans were checked against this TensorRT and GPU)."""
@@ -140,13 +146,16 @@ class TrtRuntime(AddressedRuntime):
         return tuple(outputs)
 
     def _allocate(self, shape: tuple[int, ...], dtype: np.dtype) -> TrtArray:
-        owner = self._cuda.DeviceArray(shape=shape, dtype=dtype)
-        return TrtArray(owner.ptr, tuple(shape), dtype, owner)
+        block = self.pool.take(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        return TrtArray(block.ptr, tuple(shape), np.dtype(dtype), block)
 
     def upload(self, array: np.ndarray) -> TrtArray:
         host = np.ascontiguousarray(array)
         device = self._allocate(tuple(host.shape), host.dtype)
-        device.owner.copy_from(host, stream=self.stream)
+        if host.nbytes:
+            self._cuda.wrapper().memcpy(dst=device.address, src=host.ctypes.data, nbytes=host.nbytes,
+                                        kind=self._cuda.MemcpyKind.HostToDevice,
+                                        stream_ptr=self.stream.ptr)  # fmt: skip
         self.stream.synchronize()  # the host buffer may go away after this call
         return device
 
@@ -160,5 +169,15 @@ class TrtRuntime(AddressedRuntime):
     def close(self) -> None:
         self.stages.clear()
         if self.stream is not None:
+            self.stream.synchronize()  # no queued work reads a block the pool releases
+        self.pool.close()
+        if self.stream is not None:
             self.stream.free()
             self.stream = None
+
+
+def _cuda_errors() -> tuple[type[BaseException], ...]:
+    """What Polygraphy raises when cudaMalloc fails: its logger's critical error (PolygraphyException)."""
+    from polygraphy.exception import PolygraphyException
+
+    return (PolygraphyException, MemoryError)
