@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,12 @@ from jfdeploy.model.checkpoint import deterministic_state_dict, random_model
 # Triton kernels run in Triton's CPU interpreter where there is no GPU (must be set before triton loads)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Ctrl-C for the commands the tests interrupt: a shell starting pytest in the background (``cmd &``) ignores
+# SIGINT, the children would inherit that and never see the SIGINT the tests send; a handler set here is
+# reset to the default on exec, so each child Python raises KeyboardInterrupt again
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
